@@ -1,0 +1,315 @@
+"""LLaDA, the masked diffusion LM, in plain PyTorch: config, forward pass, HF-format load/save, chat prompts.
+
+LLaDA-8B (Nie et al. 2025, arXiv 2502.09992) is a Llama-shaped Transformer without the causal mask: it reads a
+sequence in which some tokens are the mask token and predicts every position at once. One block is
+    h = x + attn_out(SDPA(RoPE(q_proj(n1)), RoPE(k_proj(n1)), v_proj(n1)))        n1 = RMSNorm(x)   (bidirectional)
+    y = h + ff_out(silu(ff_proj(n2)) * up_proj(n2))                              n2 = RMSNorm(h)   (SwiGLU)
+and logits = ff_out(RMSNorm(h_last)) with an untied head. Parameter names are the keys of the official checkpoint
+(`model.transformer.blocks.{i}.q_proj.weight`, ...), so its sharded safetensors load with strict key checking.
+
+Deviations from LLaDA's modeling_llada.py (numbered, all behaviour-preserving on its configs):
+ 1. Only the configuration LLaDA-8B uses is implemented (llama blocks, RMSNorm, RoPE, SwiGLU, no bias, no
+    alibi); `load` rejects a config.json that asks for anything else, naming the field.
+ 2. `attention_mask` is a pure key-padding mask. No causal term is ever added (copies that added one made the model
+    causal under left padding). Positions are absolute (0..L-1) even under left padding; RoPE is relative in q.k,
+    so a left-padded row gives the logits of the unpadded row up to float rounding.
+ 3. No KV cache, no dropout (all LLaDA dropouts are 0), no block groups.
+
+Use:  python model.py              # demo: tiny random model + sampler on CPU
+      m, tok = load("GSAI-ML/LLaDA-8B-Instruct", dtype=torch.bfloat16, device="cuda")   # when online
+Shapes: B batch, L sequence length, D d_model, H heads, Hd head dim, V vocab.
+"""
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class ModelConfig:
+    d_model: int = 4096                 # hidden size D
+    n_layers: int = 32                  # Transformer blocks
+    n_heads: int = 32                   # query heads H
+    n_kv_heads: int = 32                # key/value heads (GQA when < n_heads; LLaDA-8B: MHA)
+    mlp_hidden_size: int = 12288        # SwiGLU inner size (ff_proj/up_proj rows)
+    vocab_size: int = 126464            # tokenizer vocabulary
+    embedding_size: int = 126464        # rows of wte / ff_out (>= vocab_size; LLaDA pads none)
+    rope_theta: float = 500000.0        # RoPE base
+    rms_norm_eps: float = 1e-5          # RMSNorm epsilon
+    max_sequence_length: int = 4096     # context the model was trained for (not enforced: RoPE extrapolates)
+    mask_token_id: int = 126336         # <|mdm_mask|>
+    eos_token_id: int = 126081          # <|endoftext|>; LLaDA also pads with it
+    pad_token_id: int = 126081          # padding id (= EOS in LLaDA)
+    weight_tying: bool = False          # LLaDA-8B has an untied head (model.transformer.ff_out)
+    extra: dict = field(default_factory=dict, repr=False)  # other config.json keys, kept for a faithful round trip
+
+    @classmethod
+    def from_dict(cls, d):
+        """Build from a config.json dict; a known field of the wrong type is an error naming it."""
+        kw, extra = {}, {}
+        for f in fields(cls):
+            if f.name == "extra" or f.name not in d:
+                continue
+            v, want = d[f.name], f.type
+            if want is float and isinstance(v, int) and not isinstance(v, bool):
+                v = float(v)  # JSON writes 500000.0 as 500000 sometimes
+            if not isinstance(v, want) or (want is int and isinstance(v, bool)):
+                raise TypeError(f"config field {f.name!r} must be {want.__name__}, got {v!r}")
+            kw[f.name] = v
+        for k, v in d.items():
+            if k not in kw and k != "extra":
+                extra[k] = v
+        for k, want in LLADA_ARCH.items():  # deviation 1: refuse architectures this forward does not implement
+            if k in extra and extra[k] != want:
+                raise ValueError(f"config field {k!r}={extra[k]!r} is not supported (only {want!r})")
+        return cls(**kw, extra=extra)
+
+    def to_dict(self):
+        d = {**LLADA_ARCH, **self.extra, **{k: v for k, v in asdict(self).items() if k != "extra"}}
+        return d
+
+
+# The fixed choices of LLaDA-8B that this forward implements; written into every saved config.json so the
+# directory also loads in LLaDA's own modeling code.
+LLADA_ARCH = dict(model_type="llada", architectures=["LLaDAModelLM"], block_type="llama", activation_type="silu",
+                  layer_norm_type="rms", rope=True, alibi=False, include_bias=False, include_qkv_bias=False,
+                  bias_for_layer_norm=False, layer_norm_with_affine=True, attention_layer_norm=False,
+                  scale_logits=False, rope_full_precision=True, input_emb_norm=False, block_group_size=1)
+
+LLADA_8B = ModelConfig()  # GSAI-ML/LLaDA-8B-Instruct: 8.02B params, 6.98B without wte/ff_out
+
+
+def tiny_config(**kw):
+    """A named tiny config for tests and demos (random weights)."""
+    base = dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden_size=160, vocab_size=128,
+                embedding_size=128, max_sequence_length=512, mask_token_id=127, eos_token_id=1, pad_token_id=1)
+    return ModelConfig(**{**base, **kw})
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # fp32 statistics as in LLaDA; cast back before the affine weight.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def rope_tables(seq_len, head_dim, theta, device):
+    """cos, sin of shape (L, Hd) in fp32, rotate-half layout: frequencies repeated as [f, f]."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    ang = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
+    ang = torch.cat([ang, ang], dim=-1)
+    return ang.cos(), ang.sin()
+
+
+def apply_rope(t, cos, sin):
+    """t: (B, H, L, Hd); rotate-half RoPE computed in fp32, returned in t's dtype."""
+    tf = t.float()
+    t1, t2 = tf.chunk(2, dim=-1)
+    return (tf * cos + torch.cat([-t2, t1], dim=-1) * sin).to(t.dtype)
+
+
+class Block(nn.Module):
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        hd = c.d_model // c.n_heads
+        self.n_heads, self.n_kv_heads, self.head_dim = c.n_heads, c.n_kv_heads, hd
+        self.attn_norm, self.ff_norm = RMSNorm(c.d_model, c.rms_norm_eps), RMSNorm(c.d_model, c.rms_norm_eps)
+        self.q_proj = nn.Linear(c.d_model, c.n_heads * hd, bias=False)
+        self.k_proj = nn.Linear(c.d_model, c.n_kv_heads * hd, bias=False)
+        self.v_proj = nn.Linear(c.d_model, c.n_kv_heads * hd, bias=False)
+        self.attn_out = nn.Linear(c.n_heads * hd, c.d_model, bias=False)
+        self.ff_proj = nn.Linear(c.d_model, c.mlp_hidden_size, bias=False)   # gate
+        self.up_proj = nn.Linear(c.d_model, c.mlp_hidden_size, bias=False)
+        self.ff_out = nn.Linear(c.mlp_hidden_size, c.d_model, bias=False)
+
+    def forward(self, x, cos, sin, attn_bias):
+        B, L, _ = x.shape
+        h = self.attn_norm(x)
+        q = self.q_proj(h).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)      # (B, H, L, Hd)
+        k = self.k_proj(h).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(h).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.n_kv_heads != self.n_heads:
+            k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+            v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, is_causal=False)  # bidirectional
+        x = x + self.attn_out(a.transpose(1, 2).reshape(B, L, -1))
+        h = self.ff_norm(x)
+        return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
+
+
+class LLaDA(nn.Module):
+    """Call with input_ids (B, L) and an optional key-padding attention_mask (B, L) (1 = real token); returns
+    logits (B, L, V) in the parameter dtype."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        c = self.config = config
+        assert c.d_model % c.n_heads == 0 and c.n_heads % c.n_kv_heads == 0, "heads must divide d_model / each other"
+        self.model = nn.Module()  # the `model.` prefix of the checkpoint keys
+        self.model.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(c.embedding_size, c.d_model),
+            blocks=nn.ModuleList(Block(c) for _ in range(c.n_layers)),
+            ln_f=RMSNorm(c.d_model, c.rms_norm_eps)))
+        if not c.weight_tying:
+            self.model.transformer["ff_out"] = nn.Linear(c.d_model, c.embedding_size, bias=False)
+        self.gradient_checkpointing = False  # recompute each block in backward (needed for SFT/RL on 8B)
+        self._rope = {}
+
+    def init_weights(self, std=0.02, generator=None):
+        """Random init for models trained from scratch (the embedded task); N(0, std), norms at 1."""
+        for name, p in self.named_parameters():
+            with torch.no_grad():
+                p.fill_(1.0) if "norm" in name or "ln_f" in name else p.normal_(0.0, std, generator=generator)
+        return self
+
+    def forward(self, input_ids, attention_mask=None):
+        t, (B, L) = self.model.transformer, input_ids.shape
+        key = (L, input_ids.device.type, input_ids.device.index)
+        if key not in self._rope:
+            self._rope[key] = rope_tables(L, self.config.d_model // self.config.n_heads, self.config.rope_theta,
+                                          input_ids.device)
+        cos, sin = self._rope[key]
+        attn_bias = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, L) keys
+        x = t.wte(input_ids)
+        for blk in t.blocks:
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(blk, x, cos, sin, attn_bias, use_reentrant=False)
+            else:
+                x = blk(x, cos, sin, attn_bias)
+        x = t.ln_f(x)
+        logits = F.linear(x, t.wte.weight) if self.config.weight_tying else t.ff_out(x)
+        return logits[..., :self.config.vocab_size]
+
+
+def _read_state_dict(path):
+    from safetensors.torch import load_file
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.exists(index):
+        files = sorted(set(json.load(open(index))["weight_map"].values()))
+    else:
+        files = ["model.safetensors"]
+    sd = {}
+    for f in files:
+        sd.update(load_file(os.path.join(path, f)))
+    return sd
+
+
+def check_state_dict(model, sd):
+    """Strict key and shape check that names the offending keys."""
+    want = {k: v.shape for k, v in model.state_dict().items()}
+    missing, unexpected = sorted(set(want) - set(sd)), sorted(set(sd) - set(want))
+    if missing or unexpected:
+        raise KeyError(f"checkpoint keys differ: missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
+                       f"unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}")
+    for k, shape in want.items():
+        if tuple(sd[k].shape) != tuple(shape):
+            raise ValueError(f"shape mismatch for {k}: checkpoint {tuple(sd[k].shape)}, model {tuple(shape)}")
+
+
+def load(path, dtype=torch.float32, device="cpu"):
+    """(model, tokenizer) from a local HF-format directory, or from a hub id when online."""
+    from transformers import AutoTokenizer
+    if not os.path.isdir(path):
+        from huggingface_hub import snapshot_download
+        path = snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.jinja"])
+    with open(os.path.join(path, "config.json")) as f:
+        config = ModelConfig.from_dict(json.load(f))
+    with torch.device("meta"):
+        model = LLaDA(config)
+    sd = _read_state_dict(path)
+    check_state_dict(model, sd)
+    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in sd.items()}, strict=True, assign=True)
+    tokenizer = AutoTokenizer.from_pretrained(path)  # the tokenizer needs no remote code
+    return model.eval(), tokenizer
+
+
+def save(model, tokenizer, path, max_shard_bytes=5 * 2**30, extra_files=None):
+    """Write config.json, safetensors (sharded above max_shard_bytes, with an index) and the tokenizer files into
+    a temp directory, then rename it over `path`, so a crash never leaves a half-written checkpoint.
+    extra_files: {name: json-serialisable obj} written beside (run config, metrics)."""
+    from safetensors.torch import save_file
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path), dir=parent)
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    shards, cur, size = [], {}, 0
+    for k, v in sd.items():
+        nbytes = v.numel() * v.element_size()
+        if cur and size + nbytes > max_shard_bytes:
+            shards, cur, size = shards + [cur], {}, 0
+        cur[k], size = v, size + nbytes
+    shards.append(cur)
+    if len(shards) == 1:
+        save_file(shards[0], os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, os.path.join(tmp, name), metadata={"format": "pt"})
+            weight_map.update({k: name for k in shard})
+        total = sum(v.numel() * v.element_size() for v in sd.values())
+        with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    cfg = model.config.to_dict()
+    cfg["torch_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    for name, obj in (extra_files or {}).items():
+        with open(os.path.join(tmp, name), "w") as f:
+            json.dump(obj, f, indent=2)
+    old = path + ".old"
+    if os.path.exists(path):
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def encode_chat(tokenizer, conversations, prefill="", device=None):
+    """Chat-template prompts with the generation prompt, add_special_tokens=False (the template already holds
+    BOS), left-padded with pad (= EOS in LLaDA). conversations: list of [{"role", "content"}, ...].
+    prefill: text appended after the assistant header (d1's eval starts the answer with "<reasoning>").
+    Returns input_ids (B, P) and attention_mask (B, P) (1 = real token)."""
+    texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) + prefill
+             for c in conversations]
+    rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    P = max(len(r) for r in rows)
+    ids = torch.full((len(rows), P), pad, dtype=torch.long)
+    attn = torch.zeros((len(rows), P), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, P - len(r):], attn[i, P - len(r):] = torch.tensor(r, dtype=torch.long), 1
+    return ids.to(device), attn.to(device)
+
+
+def count_params(config):
+    """(total, non-embedding) parameter counts, built on the meta device (no memory)."""
+    with torch.device("meta"):
+        m = LLaDA(config)
+    total = sum(p.numel() for p in m.parameters())
+    emb = sum(p.numel() for n, p in m.named_parameters() if n.endswith(("wte.weight", "transformer.ff_out.weight")))
+    return total, total - emb
+
+
+if __name__ == "__main__":
+    import sample
+    torch.manual_seed(0)
+    m = LLaDA(tiny_config()).init_weights().eval()
+    prompt = torch.randint(2, 90, (2, 6))
+    out = sample.generate(m, prompt, gen_length=16, block_length=8, steps=8)
+    print("LLaDA-8B params (total, non-embedding):", count_params(LLADA_8B))
+    print("tiny random model, greedy LLaDA sampling:\n", out)
