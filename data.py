@@ -1,0 +1,237 @@
+"""Datasets and prompt formatting shared by sft.py, igpo.py and eval.py, and the embedded task.
+
+Real benchmarks (first part): GSM8K, MATH500, MATH train, AMC23 and AIME24, read in place from local JSONL
+(../shared/data, provenance in its SOURCES.md; never copied into the repo) or, when online, from the HF hub.
+Every loader returns a list of items {id, question, answer (gold str), solution (reference trace or None)}:
+the trace is what IGPO's inpainting reveals chunks of, the answer is what reward.is_equiv checks.
+The prompt is the official IGPO format instruction followed by the question, in LLaDA's chat template with
+the generation prompt (model.encode_chat), optionally prefilled with `<reasoning>` (d1's eval).
+The embedded task (a toy benchmark small enough to train on a CPU) is the second part of this file.
+
+Deviations: 1. the MATH train split on the hub path is EleutherAI/hendrycks_math (7500 problems); the local file
+holds PRM800K's 12000-problem train split (MATH train + 4500 MATH test problems not in MATH500).
+2. GSM8K traces drop the `<<48/2=24>>` calculator annotations (as d1/IGPO SFT data do).
+Use: `items = load_split("gsm8k", "test")`; `python data.py` prints the counts and one prompt per benchmark.
+"""
+import json
+import re
+import warnings
+from pathlib import Path
+
+import reward
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "shared" / "data"  # ../shared/data, beside the repo
+
+# The official IGPO format instruction, verbatim (facebookresearch/igpo utils/data_utils.py, SYSTEM_PROMPT).
+# Official code and d1 put it in the user turn, before the question, not in a system turn: so do we.
+SYSTEM_PROMPT = """
+Respond in the following format:
+<reasoning>
+...
+</reasoning>
+<answer>
+\\boxed{<Your answer>}
+</answer>
+"""
+REASONING_PREFILL = "<reasoning>"  # d1 eval `--add_reasoning`: appended after the assistant header
+
+
+def build_messages(question: str, system_prompt: str | None = SYSTEM_PROMPT) -> list[dict]:
+    """Chat messages for one problem: [user: instruction + blank line + question] (IGPO / d1 layout)."""
+    content = question if not system_prompt else system_prompt + "\n\n" + question
+    return [{"role": "user", "content": content}]
+
+
+# name -> local file ({split} filled in), hub id, hub config(s), hub split override, fields every row must have
+MATH_SUBJECTS = ["algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
+                 "prealgebra", "precalculus"]
+BENCHMARKS = {
+    "gsm8k": dict(file="gsm8k/{split}.jsonl", hub="openai/gsm8k", configs=["main"], fields=("question", "answer")),
+    "math500": dict(file="math500/test.jsonl", hub="HuggingFaceH4/MATH-500", fields=("problem", "solution", "answer")),
+    "math": dict(file="math/{split}.jsonl", hub="EleutherAI/hendrycks_math", configs=MATH_SUBJECTS,
+                 fields=("problem", "solution")),
+    "amc23": dict(file="amc23/test.jsonl", hub="math-ai/amc23", fields=("question", "answer")),
+    "aime24": dict(file="aime24/test.jsonl", hub="HuggingFaceH4/aime_2024", hub_split="train",
+                   fields=("problem", "answer")),
+}
+
+
+def _to_item(name: str, split: str, i: int, row: dict) -> dict:
+    """One raw row -> {id, question, answer, solution}; ValueError (with the reason) if it cannot be used."""
+    if name == "gsm8k":
+        trace, sep, gold = row["answer"].rpartition("####")
+        if not sep:
+            raise ValueError("no '#### <answer>' line")
+        trace = re.sub(r"<<[^<>]*>>", "", trace).strip()  # calculator annotations: 2*3=<<2*3=6>>6 -> 2*3=6
+        return dict(id=f"gsm8k-{split}-{i}", question=row["question"], answer=gold.strip().replace(",", ""),
+                    solution=trace)
+    if name == "math500":
+        return dict(id=row.get("unique_id", f"math500-{i}"), question=row["problem"], answer=row["answer"],
+                    solution=row["solution"])
+    if name == "math":
+        gold = reward.last_boxed(row["solution"])  # MATH has no answer field: the last \boxed{} is the gold
+        if gold is None:
+            return None  # well-formed but unusable: 2 train rows (lines 5342, 5344) hold an empty \boxed{}
+        return dict(id=f"math-{split}-{i}", question=row["problem"], answer=gold, solution=row["solution"])
+    if name == "amc23":  # the answer is a float (27.0); reward.is_equiv compares it numerically
+        return dict(id=f"amc23-{row.get('id', i)}", question=row["question"], answer=str(row["answer"]),
+                    solution=None)
+    if name == "aime24":
+        return dict(id=f"aime24-{row.get('id', i)}", question=row["problem"], answer=str(row["answer"]),
+                    solution=row.get("solution"))
+    raise KeyError(name)
+
+
+def _local_rows(path: Path):
+    """(line number, row) of a JSONL file; bad JSON is an error naming the file and the line."""
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: malformed JSON ({e.msg})") from None
+
+
+def _hub_rows(spec: dict, split: str):
+    import datasets  # needs internet (or a warm HF cache); not exercised by the offline tests
+    n = 0
+    for config in spec.get("configs", [None]):
+        for row in datasets.load_dataset(spec["hub"], config, split=spec.get("hub_split", split)):
+            n += 1
+            yield n, dict(row)
+
+
+def load_split(name: str, split: str = "test", source: str | None = None) -> list[dict]:
+    """Items of benchmark `name` (gsm8k | math500 | math | amc23 | aime24). source: a JSONL path, a hub id, or
+    None = ../shared/data when present, else the hub. A malformed row is a ValueError naming file and line."""
+    spec = BENCHMARKS[name]
+    local = DATA_DIR / spec["file"].format(split=split)
+    if source is None:
+        source = str(local) if local.exists() else spec["hub"]
+    is_file = source.endswith((".jsonl", ".json")) or Path(source).exists()
+    rows = _local_rows(Path(source)) if is_file else _hub_rows({**spec, "hub": source}, split)
+    items, skipped = [], []
+    for n, row in rows:
+        where = f"{source}:{n}" if is_file else f"{source} [{split}] row {n}"
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        missing = [k for k in spec["fields"] if row.get(k) is None]
+        if missing:
+            raise ValueError(f"{where}: missing field(s) {missing}")
+        try:
+            item = _to_item(name, split, n - 1, row)
+        except (ValueError, KeyError, AttributeError, TypeError) as e:
+            raise ValueError(f"{where}: {e!r}") from None
+        items.append(item) if item is not None else skipped.append(n)
+    if skipped:
+        warnings.warn(f"{source}: skipped {len(skipped)} row(s) without a gold answer, at {skipped[:10]}")
+    return items
+
+
+def shard(items: list, rank: int, world: int) -> list:
+    """This rank's share, round-robin: every item on exactly one rank, counts differ by at most one
+    (1319 over 8 ranks: 7 x 165 + 164). Callers must not assume equal counts (eval.py gathers lists)."""
+    assert 0 <= rank < world, (rank, world)
+    return items[rank::world]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The embedded task: multi-step arithmetic word problems small enough to SFT and RL a tiny LLaDA on a CPU.
+# "Tom has 3 coins. He gets 5, loses 2, finds 3. How many coins now?" -> reasoning "3+5=8\n8-2=6\n6+3=9" -> 9.
+# Every intermediate value stays in [0, max_value]; each step is one lookup (+ or -) on the previous value and an
+# operand copied from the question, so difficulty = number of steps x size of the numbers. The SFT split is short
+# chains, the RL split long ones (the model meets all-wrong groups there), the test split spans both. No system
+# prompt: the task's sequences stay short (~30 prompt tokens) and the format is learnt from SFT instead.
+TASK_SPLITS = {"sft": (1, 4, 20000, 1), "rl": (3, 5, 2000, 2), "test": (2, 5, 500, 3)}  # min/max steps, size, seed
+TASK_NAMES = {"Tom": "He", "Sam": "He", "Leo": "He", "Ann": "She", "Mia": "She", "Eva": "She"}
+TASK_THINGS = ("coins", "apples", "cards", "pens", "shells", "books")
+TASK_VERBS = {"+": ("gets", "finds"), "-": ("loses", "gives")}
+TASK_MODEL = dict(d_model=128, n_layers=4, n_heads=4, n_kv_heads=4, mlp_hidden_size=384, rope_theta=10000.0,
+                  max_sequence_length=128)  # plus the ids and vocab size from the task tokenizer
+TASK_SAMPLING = dict(gen_length=48, block_length=8, steps=48, temperature=1.2)  # paper T; a response is <= 44 tokens
+TASK_HINT_RESERVE = 8  # inpaint.build_hints(reserve=...): the window's last 8 slots stay free for the answer
+
+
+def task_problem(rng, n_steps, max_value=9):
+    """One problem with n_steps operations; returns (question, answer, solution, chain key)."""
+    name, thing = rng.choice(sorted(TASK_NAMES)), rng.choice(TASK_THINGS)
+    v = rng.randint(0, max_value)
+    phrases, lines, key = [], [], [v]
+    for _ in range(n_steps):
+        op = rng.choice([o for o, ok in (("+", v < max_value), ("-", v > 0)) if ok])
+        n = rng.randint(1, max_value - v if op == "+" else v)
+        new = v + n if op == "+" else v - n
+        phrases.append(f"{rng.choice(TASK_VERBS[op])} {n}")
+        lines.append(f"{v}{op}{n}={new}")
+        key += [op, n]
+        v = new
+    question = f"{name} has {key[0]} {thing}. {TASK_NAMES[name]} {', '.join(phrases)}. How many {thing} now?"
+    return question, str(v), "\n".join(lines), tuple(key)
+
+
+def task_splits(splits=TASK_SPLITS, max_value=9):
+    """{'sft' | 'rl' | 'test': [item]}; item keys as the benchmark loaders: id, question, answer, solution.
+    Deterministic from the seeds; a chain (numbers and operations, whatever the wording) is in one split only."""
+    import random
+    seen, out = set(), {}
+    for split in ("test", "rl", "sft"):  # held-out splits first, so SFT never sees their chains
+        lo, hi, size, seed = splits[split]
+        rng, items = random.Random(seed), []
+        while len(items) < size:
+            q, a, sol, key = task_problem(rng, rng.randint(lo, hi), max_value)
+            if key in seen:
+                continue
+            seen.add(key)
+            items.append(dict(id=f"task-{split}-{len(items)}", question=q, answer=a, solution=sol))
+        out[split] = items
+    return out
+
+
+def task_messages(question):
+    """Chat messages of a task prompt: the question alone (no system prompt, see above)."""
+    return [{"role": "user", "content": question}]
+
+
+TASK_SPECIAL = ["<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>", "<|start_header_id|>", "<|end_header_id|>",
+                "<|eot_id|>", "<|unk|>"]
+TASK_TAGS = ["<reasoning>", "</reasoning>", "<answer>", "</answer>"]
+LLADA_CHAT_TEMPLATE = (  # LLaDA-8B-Instruct's template (Llama-3 style headers, BOS once, content trimmed)
+    "{% for message in messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    " + message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}"
+    "{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+
+
+def task_tokenizer():
+    """A 169-token word-level tokenizer (transformers PreTrainedTokenizerFast, saved by model.save): the task's
+    words (with and without a leading space), single digits, every printable ASCII character as a fallback,
+    the tags and LLaDA's special tokens. Digits are single tokens so each arithmetic step is a table lookup."""
+    import re
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    words = sorted({*TASK_NAMES, *TASK_NAMES.values(), *TASK_THINGS, *sum(TASK_VERBS.values(), ()), "has", "How",
+                    "many", "now", "user", "assistant", "system"}, key=lambda w: (-len(w), w))
+    vocab = TASK_SPECIAL + TASK_TAGS + ["\\boxed", "\n\n"] + [chr(c) for c in range(32, 127)] + ["\n"]
+    vocab += [f" {d}" for d in "0123456789"] + [p + w for w in words for p in ("", " ")]
+    vocab = list(dict.fromkeys(vocab))
+    known = "|".join(re.escape(w) for w in words)
+    split = Regex(rf"\\boxed| ?(?:{known})(?![A-Za-z])| ?[0-9]|\n\n|[\s\S]")
+    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(vocab)}, unk_token="<|unk|>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(split, behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(TASK_SPECIAL)
+    tok.add_tokens(TASK_TAGS)
+    t = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|startoftext|>", eos_token="<|endoftext|>",
+                                pad_token="<|endoftext|>", mask_token="<|mdm_mask|>", unk_token="<|unk|>")
+    t.chat_template = LLADA_CHAT_TEMPLATE
+    return t
+
+
+if __name__ == "__main__":
+    for name, split in [("gsm8k", "test"), ("math500", "test"), ("math", "train"), ("amc23", "test"),
+                        ("aime24", "test")]:
+        items = load_split(name, split)
+        print(f"{name}/{split}: {len(items)} items; first: {json.dumps(items[0])[:160]}...")
+    print(build_messages("What is 1+1?"))

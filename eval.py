@@ -1,0 +1,275 @@
+"""Benchmark evaluation of a LLaDA checkpoint: GSM8K and MATH500 (pass@1, greedy), AMC23 / AIME24 (avg@16, T=0.1).
+
+Generates with LLaDA's semi-autoregressive low-confidence remasking (sample.generate; LLaDA/d1 protocol: 256 new
+tokens, blocks of 32, gen_length/2 steps, temperature 0), takes the last \\boxed{} of each completion and judges it
+with reward.is_equiv: the evaluation protocol of the IGPO paper (arXiv 2509.10396), which follows d1 and LLaDA.
+Deviations:
+ 1. Answers are judged by math-verify (reward.py), not by d1's per-benchmark string parsers.
+ 2. Problems are sharded round-robin over ranks (data.shard): ranks may hold one problem more than others; that
+    is harmless because generation uses no collective and the rows are gathered once, with all_gather_object.
+ 3. Each (problem, sample) has its own seeded generator, so scores do not depend on batch size, world size or
+    resumption (d1 draws from the global RNG).
+ 4. The 95% interval is Wilson's over problems; for avg@k it treats each per-problem mean as a fractional
+    success, which is conservative.
+Launch:  python eval.py                              # embedded task: checkpoints/task-sft or a random tiny LLaDA, CPU
+         python eval.py --preset paper --model DIR   # GSM8K, MATH500, AMC23 on one device
+         torchrun --nproc_per_node=8 eval.py --preset paper --model DIR --gen_length 512
+Output (OUT = --out_dir): OUT/{bench}.jsonl, one row per (problem, sample): id, sample, prompt, completion,
+extracted, gold, correct, format; OUT/{bench}.summary.json: accuracy, ci95, n, settings, model. Resumable: rows
+already in OUT/{bench}.jsonl, or in a crashed run's OUT/{bench}.jsonl.rank*.part, are not generated again.
+"""
+import argparse
+import glob
+import inspect
+import json
+import math
+import os
+import time
+import zlib
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+import data
+import model as M
+import reward
+import sample as S
+
+
+@dataclass
+class Config:
+    model: str = "GSAI-ML/LLaDA-8B-Instruct"  # HF dir / hub id; auto = checkpoints/task-sft, else scratch (random)
+    bench: str = "gsm8k,math500,amc23"   # comma list of gsm8k | math500 | amc23 | aime24 | task (the embedded task)
+    gen_length: int = None               # new tokens; None = 256 (LLaDA protocol; or 512), task: data.TASK_SAMPLING
+    block_length: int = None             # semi-autoregressive block; None = 32 (LLaDA, d1), task: data.TASK_SAMPLING
+    steps: int = None                    # denoising steps; None = gen_length // 2 (d1), task: data.TASK_SAMPLING
+    temperature: float = None            # Gumbel temperature; None = 0 (greedy), AMC23/AIME24: 0.1 (IGPO paper)
+    samples: int = None                  # samples per problem; None = 1 (pass@1), AMC23/AIME24: 16 (avg@16)
+    remasking: str = "low_confidence"    # LLaDA remasking: low_confidence | random
+    prefill: bool = True                 # start every answer with "<reasoning>" (d1 eval --add_reasoning); not for task
+    batch_size: int = 8                  # sequences per generate() call on each rank
+    limit: int = 0                       # evaluate the first N problems of each benchmark (0 = all)
+    data_dir: str = ""                   # folder with the benchmark JSONL files; "" = ../shared/data (data.DATA_DIR)
+    out_dir: str = ""                    # per-problem JSONL and summaries; "" = runs/eval/<model folder name>
+    seed: int = 0                        # seeds the per-(problem, sample) generators
+    dtype: str = "auto"                  # weights dtype: auto (bfloat16 on GPU, float32 on CPU) | bfloat16 | float32
+
+
+# The no-flag run is the embedded task on a CPU (100 test problems: ~1 min on 2 free cores); `--preset paper` is
+# the paper's evaluation.
+PRESETS = {"task": dict(model="auto", bench="task", limit=100, batch_size=50), "paper": {}}
+
+
+def protocol(bench, gen_length=None, block_length=None, steps=None, temperature=None, samples=None,
+             remasking="low_confidence", prefill=True):
+    """Generation settings of one benchmark; an argument that is not None overrides the benchmark's default."""
+    p = dict(gen_length=256, block_length=32, steps=None, temperature=0.0, samples=1)
+    if bench in ("amc23", "aime24"):
+        p.update(temperature=0.1, samples=16)  # avg@16 at T = 0.1 (IGPO paper, AMC)
+    if bench == "task":
+        p.update({k: data.TASK_SAMPLING[k] for k in ("gen_length", "block_length", "steps")})
+    given = dict(gen_length=gen_length, block_length=block_length, steps=steps, temperature=temperature,
+                 samples=samples)
+    p.update({k: v for k, v in given.items() if v is not None})
+    if p["steps"] is None or (gen_length is not None and steps is None):
+        p["steps"] = p["gen_length"] // 2  # 2 tokens per step (LLaDA/d1 at 256 tokens: 128 steps)
+    p.update(remasking=remasking, prefill=data.REASONING_PREFILL if prefill and bench != "task" else "")
+    return p
+
+
+def load_items(bench, data_dir="", limit=0):
+    if bench == "task":
+        items = data.task_splits()["test"]
+    else:
+        src = os.path.join(data_dir, data.BENCHMARKS[bench]["file"].format(split="test")) if data_dir else None
+        items = data.load_split(bench, "test", source=src)
+    return items[:limit] if limit else items
+
+
+def decode(tokenizer, ids):
+    """Completion text: tokens up to the first EOS / <|eot_id|>, special tokens dropped."""
+    stops = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|eot_id|>")} - {None, tokenizer.unk_token_id}
+    cut = next((i for i, t in enumerate(ids) if t in stops), len(ids))
+    return tokenizer.decode(ids[:cut], skip_special_tokens=True)
+
+
+def read_rows(path):
+    """{(id, sample): row} from path and the .rank*.part files of a crashed run; a torn last line is skipped."""
+    rows = {}
+    for f in sorted(glob.glob(glob.escape(path) + ".rank*.part")) + [path]:
+        if os.path.exists(f):
+            for line in open(f, encoding="utf-8"):
+                try:
+                    r = json.loads(line)
+                    rows[(r["id"], r["sample"])] = r
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    pass
+    return rows
+
+
+def wilson(p, n, z=1.96):
+    if n == 0:
+        return [0.0, 1.0]
+    d = 1 + z * z / n
+    c, h = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return [max(0.0, c - h), min(1.0, c + h)]
+
+
+def evaluate(model, tokenizer, items, proto, *, out_path=None, messages=data.build_messages, batch_size=8,
+             seed=0, desc="eval"):
+    """Generate, score and summarise `items` ({id, question, answer}) under `proto` (see protocol()).
+
+    Call it on every rank with the same items: each rank generates its shard, rows are gathered, and every rank
+    returns the same summary dict (accuracy, ci95, n_problems, n_samples, format_reward, metric). out_path:
+    JSONL to resume from and to write (rank 0); None = in memory only (igpo.py's periodic evaluation)."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    device = next(model.parameters()).device
+    reward.warmup()
+    done = read_rows(out_path) if out_path else {}
+    units = [(it, s) for it in data.shard(items, rank, world) for s in range(proto["samples"])
+             if (it["id"], s) not in done]
+    part = open(f"{out_path}.rank{rank}.part", "a", encoding="utf-8") if out_path and units else None
+    new, bar = [], tqdm(total=len(units), desc=f"{desc} (rank 0 of {world})", disable=rank != 0)
+    model.eval()
+    for i in range(0, len(units), batch_size):
+        batch = units[i:i + batch_size]
+        convs = [messages(it["question"]) for it, _ in batch]
+        ids, attn = M.encode_chat(tokenizer, convs, prefill=proto["prefill"], device=device)  # (b, P)
+        gens = [torch.Generator(device).manual_seed(zlib.crc32(f"{seed}|{it['id']}|{s}".encode()))
+                for it, s in batch]  # per (problem, sample): independent of batching (deviation 3)
+        out = S.generate(model, ids, attention_mask=attn, gen_length=proto["gen_length"],
+                         block_length=proto["block_length"], steps=proto["steps"], temperature=proto["temperature"],
+                         remasking=proto["remasking"], generator=gens)  # (b, P + gen_length)
+        for (it, s), conv, row_ids in zip(batch, convs, out[:, ids.shape[1]:].tolist()):
+            text = proto["prefill"] + decode(tokenizer, row_ids)  # the prefill is part of the answer's format
+            pred = reward.extract_answer(text)
+            row = dict(id=it["id"], sample=s, completion=text, extracted=pred, gold=it["answer"],
+                       correct=reward.is_equiv(pred, it["answer"]), format=reward.format_reward(text),
+                       prompt=tokenizer.apply_chat_template(conv, add_generation_prompt=True, tokenize=False))
+            new.append(row)
+            if part:
+                part.write(json.dumps(row) + "\n")
+        if part:
+            part.flush()
+        bar.update(len(batch))
+    bar.close()
+    if part:
+        part.close()
+    if world > 1:
+        gathered = [None] * world
+        dist.all_gather_object(gathered, new)  # ranks hold different counts: lists of any length are fine
+        new = [r for g in gathered for r in g]
+    done.update({(r["id"], r["sample"]): r for r in new})
+    k = proto["samples"]
+    keys = [(it["id"], s) for it in items for s in range(k)]
+    rows = [done[key] for key in keys]  # problem order, then sample order
+    if out_path and rank == 0:  # keep every row ever written (also of problems outside this run's --limit)
+        ours = set(keys)
+        tmp = out_path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows + [r for key, r in done.items() if key not in ours])
+        os.replace(tmp, out_path)
+        for f in glob.glob(glob.escape(out_path) + ".rank*.part"):
+            os.remove(f)
+    per_problem = [sum(r["correct"] for r in rows[j:j + k]) / k for j in range(0, len(rows), k)]
+    acc = sum(per_problem) / max(1, len(per_problem))
+    return dict(metric="pass@1" if k == 1 else f"avg@{k}", accuracy=acc, ci95=wilson(acc, len(per_problem)),
+                n_problems=len(items), n_samples=len(rows),
+                format_reward=sum(r["format"] for r in rows) / max(1, len(rows)))
+
+
+def check_settings(path, settings, rank):
+    """Resuming is only sound under the same model and generation settings: refuse to mix, else record them."""
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        if old != settings:
+            raise SystemExit(f"{path}: the rows there were generated with {old}, not {settings}; "
+                             "pass another --out_dir (or delete that folder)")
+    elif rank == 0:
+        with open(path + ".tmp", "w") as f:
+            json.dump(settings, f)
+        os.replace(path + ".tmp", path)  # atomic: another rank reads all of it or nothing
+
+
+def setup_dist():
+    """(rank, world, device): torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; NCCL on GPU, gloo on CPU."""
+    if "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    return rank, world, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build_model(cfg, device):
+    """(model, tokenizer): a checkpoint, or a random tiny LLaDA with the task tokenizer ("scratch")."""
+    if cfg.model == "auto":
+        cfg.model = "checkpoints/task-sft" if os.path.exists("checkpoints/task-sft/config.json") else "scratch"
+    dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "bfloat16": torch.bfloat16,
+             "float32": torch.float32}[cfg.dtype]
+    if cfg.model != "scratch":
+        return M.load(cfg.model, dtype=dtype, device=device)
+    tok = data.task_tokenizer()
+    mc = M.ModelConfig(**data.TASK_MODEL, vocab_size=len(tok), embedding_size=len(tok),
+                       mask_token_id=tok.mask_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(cfg.seed)
+    return M.LLaDA(mc).init_weights().to(device=device, dtype=dtype), tok
+
+
+def parse_config(argv=None):
+    comments = {}  # each Config field's trailing comment is its --help text (one source of truth)
+    for line in inspect.getsource(Config).splitlines():
+        if ":" in line and "#" in line:
+            comments[line.split(":")[0].strip()] = line.split("#", 1)[1].strip()
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="task", choices=sorted(PRESETS),
+                   help="task (default: the embedded task on CPU) | paper (the paper's benchmarks); flags override")
+    for f in fields(Config):
+        kind = (lambda s: s.lower() in ("1", "true", "yes")) if f.type is bool else f.type
+        p.add_argument(f"--{f.name}", type=kind, default=None, help=comments.get(f.name, ""))
+    args = p.parse_args(argv)
+    cfg = Config(**PRESETS[args.preset])
+    for f in fields(Config):
+        if getattr(args, f.name) is not None:
+            setattr(cfg, f.name, getattr(args, f.name))
+    return cfg
+
+
+def main(argv=None):
+    cfg = parse_config(argv)
+    rank, world, device = setup_dist()
+    model, tok = build_model(cfg, device)
+    cfg.out_dir = cfg.out_dir or os.path.join("runs", "eval", os.path.basename(cfg.model.rstrip("/")))
+    if rank == 0:
+        print(f"eval config (world {world}, {device}):", json.dumps(asdict(cfg)))
+        os.makedirs(cfg.out_dir, exist_ok=True)
+    results = {}
+    for bench in cfg.bench.split(","):
+        proto = protocol(bench, cfg.gen_length, cfg.block_length, cfg.steps, cfg.temperature, cfg.samples,
+                         cfg.remasking, cfg.prefill)
+        items = load_items(bench, cfg.data_dir, cfg.limit)
+        msgs = data.task_messages if bench == "task" else data.build_messages
+        out_path = os.path.join(cfg.out_dir, f"{bench}.jsonl")
+        check_settings(out_path + ".settings.json", dict(model=cfg.model, seed=cfg.seed, **proto), rank)
+        t0 = time.time()
+        summ = evaluate(model, tok, items, proto, out_path=out_path,
+                        messages=msgs, batch_size=cfg.batch_size, seed=cfg.seed, desc=bench)
+        summ.update(bench=bench, model=cfg.model, settings=proto, config=asdict(cfg), world=world,
+                    seconds=round(time.time() - t0, 1))
+        results[bench] = summ
+        if rank == 0:
+            with open(os.path.join(cfg.out_dir, f"{bench}.summary.json"), "w") as f:
+                json.dump(summ, f, indent=2)
+            lo, hi = summ["ci95"]
+            print(f"{bench}: {summ['metric']} = {summ['accuracy']:.4f} (95% CI {lo:.4f}-{hi:.4f}, "
+                  f"n = {summ['n_problems']}), format reward {summ['format_reward']:.3f}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return results
+
+
+if __name__ == "__main__":
+    main()
