@@ -1,0 +1,215 @@
+"""igpo.py: advantages, replacement, loss vs hand-computed values, micro-batch invariance, zero-gradient groups,
+log-prob parity, 1 vs 2 processes, and an end-to-end smoke run."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import data
+import igpo
+import launch
+import model as M
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LN = math.log
+
+
+@pytest.fixture(scope="module")
+def task_ckpt(tmp_path_factory):
+    """A tiny random LLaDA with the embedded task's tokenizer, saved in the HF format."""
+    tok = data.task_tokenizer()
+    mc = M.ModelConfig(d_model=32, n_layers=2, n_heads=2, n_kv_heads=2, mlp_hidden_size=64, vocab_size=len(tok),
+                       embedding_size=len(tok), mask_token_id=tok.mask_token_id, eos_token_id=tok.eos_token_id,
+                       pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ck") / "tiny-task"
+    M.save(M.LLaDA(mc).init_weights(std=0.1), tok, path)
+    return str(path)
+
+
+def small_cfg(task_ckpt, **kw):
+    base = ["--model", task_ckpt, "--steps", "2", "--mu", "2", "--prompts_per_step", "2", "--G", "4",
+            "--gen_length", "16", "--block_length", "8", "--diffusion_steps", "4", "--micro_batch", "8",
+            "--chunk", "2,3", "--reserve", "2", "--eval_limit", "0", "--warmup", "1"]
+    for k, v in kw.items():
+        base += [f"--{k}", str(v)]
+    return launch.parse_config(igpo.Config, igpo.PRESETS, base)
+
+
+def test_group_advantages_sum_to_zero_and_vanish_on_uniform_groups():
+    total = torch.tensor([3.5, 0.0, 0.25, 3.0, 1.0, 1.0, 1.0, 1.0])
+    adv = igpo.group_advantages(total, 4)
+    torch.testing.assert_close(adv[:4], torch.tensor([3.5, 0.0, 0.25, 3.0]) - 6.75 / 4)
+    assert abs(adv[:4].sum()) < 1e-6 and torch.equal(adv[4:], torch.zeros(4))
+
+
+def test_all_wrong_ignores_format():
+    correct = torch.tensor([0.0, 0, 0, 0, 0, 3, 0, 0, 3, 3, 3, 3])
+    assert igpo.all_wrong(correct, 4).tolist() == [True, False, False]
+
+
+def test_replacement_only_correct_and_at_most_floor_lambda_g():
+    G, L = 8, 5
+    for n_correct, lam, want in [(0, 0.5, 0), (2, 0.5, 2), (7, 0.5, 4), (8, 0.3, 2), (3, 0.0, 0)]:
+        comp, correct, total = torch.zeros(G, L, dtype=torch.long), torch.zeros(G), torch.full((G,), 0.25)
+        hint = torch.zeros(G, L, dtype=torch.bool)
+        new_correct = torch.zeros(G)
+        new_correct[torch.randperm(G)[:n_correct]] = 3.0
+        new_comp = torch.arange(G)[:, None].expand(G, L) + 100  # row r of the inpainted batch is all (100 + r)
+        new = (new_comp, new_correct, new_correct + 0.5, torch.ones(G, L, dtype=torch.bool))
+        K = igpo.replace_wrong(comp, correct, total, hint, new, lam, torch.Generator().manual_seed(0))
+        assert K == want == min(n_correct, math.floor(lam * G))
+        assert (correct[:K] == 3.0).all() and (correct[K:] == 0).all() and (total[:K] == 3.5).all()
+        for r in range(K):  # every replacement is a verified-correct inpainted rollout, none used twice
+            assert new_correct[comp[r, 0] - 100] == 3.0
+        assert len(set(comp[:K, 0].tolist())) == K and (comp[K:] == 0).all()
+        assert hint[:K].all() and not hint[K:].any()
+
+
+def test_loss_mask_stops_after_first_eos():
+    comp = torch.tensor([[5, 6, 1, 1, 7], [5, 5, 5, 5, 5], [1, 2, 3, 1, 1]])
+    want = [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+    assert igpo.loss_mask(comp, 1, post_eos=False).int().tolist() == want
+    assert igpo.loss_mask(comp, 1, post_eos=True).all()
+
+
+def _lp(ratios, old=(0.5, 0.25, 0.4, 0.2)):
+    old = torch.tensor(old).log().view(2, 2)
+    return old + torch.tensor(ratios).log().view(2, 2), old
+
+
+def test_token_loss_by_hand():
+    logp, old = _lp([1.5, 0.9, 0.5, 1.1])
+    adv, keep = torch.tensor([2.0, -1.0]), torch.tensor([[True, True], [True, False]])
+    loss, st = igpo.grpo_loss(logp, old, None, adv, keep, torch.tensor(3.0), eps=0.2, beta=0.0)
+    # A=+2: min(1.5*2, 1.2*2) = 2.4, min(0.9*2, 0.9*2) = 1.8; A=-1: min(-0.5, -0.8) = -0.8; last token not kept
+    assert loss.item() == pytest.approx(-(2.4 + 1.8 - 0.8) / 3, abs=1e-6)
+    assert st["clipped"] == 2  # the upper clip on A>0 and the lower clip on A<0
+    ref = logp + torch.tensor([[0.0, LN(2)], [-LN(2), 5.0]])  # d = ref - logp
+    loss_kl, st = igpo.grpo_loss(logp, old, ref, adv, keep, torch.tensor(3.0), eps=0.2, beta=0.1)
+    k3 = [0.0, 2 - LN(2) - 1, 0.5 + LN(2) - 1]  # e^d - d - 1 on the kept tokens
+    assert loss_kl.item() == pytest.approx(-(2.4 + 1.8 - 0.8) / 3 + 0.1 * sum(k3) / 3, abs=1e-6)
+    assert st["kl"] == pytest.approx(sum(k3), abs=1e-6)
+
+
+def test_sequence_loss_by_hand():
+    logp, old = _lp([1.5, 0.9, 0.5, 1.1])
+    adv, keep = torch.tensor([2.0, -1.0]), torch.ones(2, 2, dtype=torch.bool)
+    loss, st = igpo.grpo_loss(logp, old, None, adv, keep, torch.tensor(4.0), eps=0.2, beta=0.0, ratio="sequence")
+    s0, s1 = math.sqrt(1.5 * 0.9), math.sqrt(0.5 * 1.1)  # geometric means: 1.1619 (inside), 0.7416 (clipped)
+    assert loss.item() == pytest.approx((-2 * s0 * 2 + 0.8 * 2) / 4, abs=1e-6)
+    assert st["clipped"] == 2  # both tokens of the second sequence
+    # the gradient of a sequence ratio reaches every token of the sequence equally
+    lp = logp.clone().requires_grad_(True)
+    igpo.grpo_loss(lp, old, None, adv, keep, torch.tensor(4.0), eps=0.2, beta=0.0, ratio="sequence")[0].backward()
+    assert lp.grad[0, 0] == lp.grad[0, 1] != 0 and (lp.grad[1] == 0).all()
+
+
+def test_masked_input_seeds_fix_the_prompt_mask():
+    prompt, comp = torch.randint(0, 50, (4, 30)), torch.randint(0, 50, (4, 6))
+    a = igpo.masked_input(prompt, comp, 99, 0.5, seed=1)
+    assert (a[:, 30:] == 99).all()  # completion fully masked
+    assert torch.equal(a, igpo.masked_input(prompt, comp, 99, 0.5, seed=1))
+    assert not torch.equal(a, igpo.masked_input(prompt, comp, 99, 0.5, seed=2))
+    assert 0.3 < (a[:, :30] == 99).float().mean() < 0.7
+    assert torch.equal(igpo.masked_input(prompt, comp, 99, 0.0, seed=3)[:, :30], prompt)
+
+
+def test_token_logps_match_plain_log_softmax(task_ckpt):
+    pol, tok = M.load(task_ckpt)
+    prompt = torch.randint(5, 100, (2, 7)).repeat_interleave(3, 0)  # 2 groups of 3 identical prompts
+    comp = torch.randint(5, 100, (6, 5))
+    x = igpo.masked_input(prompt, comp, pol.config.mask_token_id, 0.0, 0)
+    attn = torch.ones_like(x)
+    with torch.no_grad():
+        logp, ent = igpo.token_logps(pol, x, attn, comp, with_entropy=True)
+        ls = torch.log_softmax(pol(x)[:, -5:].float(), -1)
+    torch.testing.assert_close(logp, ls.gather(-1, comp[..., None]).squeeze(-1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent, -(ls.exp() * ls).sum(-1), atol=1e-5, rtol=1e-5)
+
+
+def _grads_after_update(cfg, b, pol, j=0):
+    pol.zero_grad()
+    igpo.update(pol, None, b, j, cfg, world=1)
+    return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in pol.parameters()]
+
+
+def _batch(task_ckpt, cfg):
+    pol, tok = M.load(task_ckpt)
+    items = data.task_splits()["rl"][:cfg.prompts_per_step]
+    b, m = igpo.make_batch(pol, None, tok, items, data.task_messages, cfg, 0, 0, 0, torch.device("cpu"))
+    b["idx"] = 0
+    return pol, b, m
+
+
+def test_update_does_not_depend_on_micro_batches_and_old_uses_same_masks(task_ckpt):
+    cfg = small_cfg(task_ckpt, p_mask_prompt=0.5)
+    pol, b, m = _batch(task_ckpt, cfg)
+    b["adv"] = torch.linspace(-1, 1, len(b["adv"]))  # a signal in every row, whatever the rewards were
+    g8 = _grads_after_update(cfg, b, pol, j=1)
+    cfg.micro_batch = 3
+    g3 = _grads_after_update(cfg, b, pol, j=1)
+    for a, c in zip(g8, g3):
+        torch.testing.assert_close(a, c, atol=1e-7, rtol=1e-5)
+    assert any(g.abs().sum() > 0 for g in g8)
+    # before any step the current policy equals the old one under the same mask seed: ratio 1 everywhere, so the
+    # loss is exactly -sum(A * kept) / n_kept (it would not be with a different prompt mask)
+    s = igpo.update(pol, None, b, 1, cfg, world=1)
+    keep = b["lmask"] & igpo.inpaint.entropy_filter(b["ent"][1], b["hint"], cfg.tau)
+    assert s["clipped"] == 0
+    assert s["loss"] == pytest.approx(-(b["adv"][:, None] * keep).sum().item() / keep.sum().item(), abs=1e-6)
+
+
+def test_all_equal_group_contributes_exactly_zero_gradient(task_ckpt):
+    cfg = small_cfg(task_ckpt, beta=0.0)
+    pol, b, m = _batch(task_ckpt, cfg)
+    b["adv"] = igpo.group_advantages(torch.tensor([0.25] * 4 + [3.0, 0.0, 0.0, 0.0]), 4)  # group 0: failed rescue
+    b["comp"][4:] = b["comp"][:4]  # identical completions and prompts: only the advantages differ
+    b["prompt"][4:], b["attn"][4:], b["lmask"][4:], b["hint"][4:] = b["prompt"][:4], b["attn"][:4], b["lmask"][:4], b["hint"][:4]
+    for j in range(cfg.mu):
+        b["old"][j][4:], b["ent"][j][4:] = b["old"][j][:4], b["ent"][j][:4]
+    both = _grads_after_update(cfg, b, pol)
+    b["adv"][:4] = 0.0
+    b["adv"][4:] = igpo.group_advantages(torch.tensor([3.0, 0.0, 0.0, 0.0]), 4)
+    only_second = _grads_after_update(cfg, b, pol)
+    for a, c in zip(both, only_second):
+        assert torch.equal(a, c)  # the all-equal group adds nothing, not even rounding
+    assert any(g.abs().sum() > 0 for g in both)
+
+
+def test_reference_trace_excludes_the_final_answer():
+    tok = data.task_tokenizer()
+    item = data.task_splits()["rl"][0]
+    ids, start = igpo.reference_trace(tok, item)
+    assert tok.decode(ids[start:]).startswith("\\boxed") and "\\boxed" not in tok.decode(ids[:start])
+
+
+def _read_params(path):
+    m, _ = M.load(path)
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+def test_smoke_and_two_processes_match_one(task_ckpt, tmp_path):
+    """python igpo.py --steps 2 runs end to end (metrics, HF checkpoint), and torchrun with 2 gloo processes
+    and the same global batch gives the same parameters."""
+    args = ["--model", task_ckpt, "--steps", "2", "--mu", "2", "--prompts_per_step", "2", "--G", "4",
+            "--gen_length", "16", "--block_length", "8", "--diffusion_steps", "4", "--micro_batch", "4",
+            "--chunk", "2,3", "--reserve", "2", "--eval_limit", "0", "--warmup", "1", "--beta", "0.01", "--lr", "1e-3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "igpo.py", *args, "--out_dir", str(tmp_path / "one")], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    rows = [json.loads(line) for line in open(tmp_path / "one" / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2] and "all_wrong_before" in rows[0] and math.isfinite(rows[1]["loss"])
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+                          "igpo.py", *args, "--out_dir", str(tmp_path / "two")], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    p1, p2, p0 = _read_params(tmp_path / "one" / "step-2"), _read_params(tmp_path / "two" / "step-2"), _read_params(task_ckpt)
+    assert any(not torch.equal(p1[k], p0[k]) for k in p0)  # the policy moved
+    for k in p1:
+        torch.testing.assert_close(p1[k], p2[k], atol=1e-6, rtol=0)
