@@ -18,21 +18,20 @@ Output (OUT = --out_dir): OUT/{bench}.jsonl, one row per (problem, sample): id, 
 extracted, gold, correct, format; OUT/{bench}.summary.json: accuracy, ci95, n, settings, model. Resumable: rows
 already in OUT/{bench}.jsonl, or in a crashed run's OUT/{bench}.jsonl.rank*.part, are not generated again.
 """
-import argparse
 import glob
-import inspect
 import json
 import math
 import os
 import time
 import zlib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
 import data
+import launch
 import model as M
 import reward
 import sample as S
@@ -194,16 +193,6 @@ def check_settings(path, settings, rank):
         os.replace(path + ".tmp", path)  # atomic: another rank reads all of it or nothing
 
 
-def setup_dist():
-    """(rank, world, device): torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; NCCL on GPU, gloo on CPU."""
-    if "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    return rank, world, torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def build_model(cfg, device):
     """(model, tokenizer): a checkpoint, or a random tiny LLaDA with the task tokenizer ("scratch")."""
     if cfg.model == "auto":
@@ -219,28 +208,9 @@ def build_model(cfg, device):
     return M.LLaDA(mc).init_weights().to(device=device, dtype=dtype), tok
 
 
-def parse_config(argv=None):
-    comments = {}  # each Config field's trailing comment is its --help text (one source of truth)
-    for line in inspect.getsource(Config).splitlines():
-        if ":" in line and "#" in line:
-            comments[line.split(":")[0].strip()] = line.split("#", 1)[1].strip()
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", default="task", choices=sorted(PRESETS),
-                   help="task (default: the embedded task on CPU) | paper (the paper's benchmarks); flags override")
-    for f in fields(Config):
-        kind = (lambda s: s.lower() in ("1", "true", "yes")) if f.type is bool else f.type
-        p.add_argument(f"--{f.name}", type=kind, default=None, help=comments.get(f.name, ""))
-    args = p.parse_args(argv)
-    cfg = Config(**PRESETS[args.preset])
-    for f in fields(Config):
-        if getattr(args, f.name) is not None:
-            setattr(cfg, f.name, getattr(args, f.name))
-    return cfg
-
-
 def main(argv=None):
-    cfg = parse_config(argv)
-    rank, world, device = setup_dist()
+    cfg = launch.parse_config(Config, PRESETS, argv, doc=__doc__)
+    rank, world, device = launch.setup_dist()
     model, tok = build_model(cfg, device)
     cfg.out_dir = cfg.out_dir or os.path.join("runs", "eval", os.path.basename(cfg.model.rstrip("/")))
     if rank == 0:

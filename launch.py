@@ -55,13 +55,12 @@ def parse_config(cls, presets, argv=None, doc=""):
                    help=f"base settings, flags override them (default {next(iter(presets))!r}: the embedded CPU task)")
     defaults = cls()
     for f in fields(cls):
-        d = getattr(defaults, f.name)
-        if isinstance(d, bool):
+        if f.type is bool:
             kind = lambda s: {"1": True, "true": True, "on": True, "0": False, "false": False, "off": False}[s.lower()]  # noqa: E731
-        elif isinstance(d, tuple):
-            kind = lambda s, t=type(d[0]): tuple(t(x) for x in s.split(","))  # noqa: E731
+        elif f.type is tuple:
+            kind = lambda s, t=type(getattr(defaults, f.name)[0]): tuple(t(x) for x in s.split(","))  # noqa: E731
         else:
-            kind = type(d)
+            kind = f.type
         p.add_argument(f"--{f.name}", type=kind, default=None, help=comments.get(f.name, ""))
     args = p.parse_args(argv)
     cfg = cls(**presets[args.preset])
