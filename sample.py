@@ -15,9 +15,9 @@ any block's transfer budget: the sampler denoises only the remaining masks, as t
 Deviations from LLaDA's generate.py (token-identical at temperature 0 on an fp32 model, see tests/test_sample.py):
  1. Proposals, noise and confidences are computed for the current block only; the reference computes them for the
     whole canvas and then gives every position outside the block -inf confidence, so it commits the same tokens.
- 2. Gumbel-max is computed as argmax(logits/T - log(-log u)) in float64, which has the reference's argmax
-    (exp(logits) / (-log u)^T) without overflowing exp; u is drawn per row when `generator` is a list, so one
-    rollout does not depend on the others in its batch.
+ 2. Gumbel-max is computed as argmax(logits/T - log e) in float64 with e ~ Exp(1) (e = -log u), which has the
+    reference's argmax (exp(logits) / (-log u)^T) without overflowing exp and with one log less; e is drawn per
+    row when `generator` is a list, so one rollout does not depend on the others in its batch.
  3. The low-confidence probabilities are a float32 softmax (the reference uses the model dtype, bf16 on GPU).
  4. With cfg_scale > 0 only the prompt is masked in the unconditional branch (hints stay, they are part of x).
  5. The mask token itself is never proposed. The reference can commit it (then the canvas keeps a mask forever);
@@ -37,11 +37,15 @@ def num_transfer_tokens(block_masks, steps):
     return counts
 
 
-def _rand(shape, generator, dtype, device):
-    """Uniform draws of shape (B, ...): one stream per row when `generator` is a list of per-row generators."""
+def _rand(shape, generator, dtype, device, exponential=False):
+    """Uniform (or Exp(1) = -log uniform) draws of shape (B, ...): one stream per row when `generator` is a list
+    of per-row generators."""
+    def draw(shp, g):
+        x = torch.empty(shp, dtype=dtype, device=device)
+        return x.exponential_(generator=g) if exponential else x.uniform_(generator=g)
     if isinstance(generator, (list, tuple)):
-        return torch.stack([torch.rand(shape[1:], generator=g, dtype=dtype, device=device) for g in generator])
-    return torch.rand(shape, generator=generator, dtype=dtype, device=device)
+        return torch.stack([draw(shape[1:], g) for g in generator])
+    return draw(shape, generator)
 
 
 def propose(logits, temperature, remasking, generator=None, forbid=None):
@@ -51,8 +55,8 @@ def propose(logits, temperature, remasking, generator=None, forbid=None):
     if forbid is not None:
         scores = scores.index_fill(-1, torch.tensor([forbid], device=logits.device), -torch.inf)
     if temperature > 0:
-        u = _rand(logits.shape, generator, torch.float64, logits.device)
-        x0 = (scores / temperature - torch.log(-torch.log(u))).argmax(dim=-1)  # Gumbel-max, float64
+        e = _rand(logits.shape, generator, torch.float64, logits.device, exponential=True)  # e = -log u
+        x0 = (scores / temperature - e.log_()).argmax(dim=-1)  # Gumbel-max in float64: -log(-log u) is Gumbel
     else:
         x0 = scores.argmax(dim=-1)
     if remasking == "low_confidence":
