@@ -139,18 +139,23 @@ def shard(items: list, rank: int, world: int) -> list:
 
 # ----------------------------------------------------------------------------------------------------------------
 # The embedded task: multi-step arithmetic word problems small enough to SFT and RL a tiny LLaDA on a CPU.
-# "Tom has 3 coins. He gets 5, loses 2, finds 3. How many coins now?" -> reasoning "3+5=8\n8-2=6\n6+3=9" -> 9.
-# Every intermediate value stays in [0, max_value]; each step is one lookup (+ or -) on the previous value and an
-# operand copied from the question, so difficulty = number of steps x size of the numbers. The SFT split is short
-# chains, the RL split long ones (the model meets all-wrong groups there), the test split spans both. No system
-# prompt: the task's sequences stay short (~30 prompt tokens) and the format is learnt from SFT instead.
+#   "Tom has 3 coins. First he gets 5, second loses 2, third finds 3. How many coins now?"
+#   -> "first: 3+5=8\nsecond: 8-2=6\nthird: 6+3=9" -> \boxed{9}
+# Every value stays in 0..9, so a step is one table lookup (+ or -) on the previous value and an operand copied
+# from the question; difficulty = number of steps (and max_value). Why this shape: a 4-layer d=128 model learns no
+# two-digit arithmetic in minutes on 2 cores, and without the ordinal markers it did not learn, in 1000-1600 steps,
+# to find the k-th operand of a question (its answers stayed at chance, ~10%); "second" in both the question and
+# the trace turns that into a copy by content. SFT split: 1-4 steps; RL split: 3-5 steps (5 is never seen in SFT:
+# all-wrong groups for IGPO to fix, with hints from the reference trace); test: 2-5. No system prompt: prompts stay
+# ~35 tokens and SFT teaches the format. Measured on `python sft.py`'s model: bench/task_difficulty.py.
 TASK_SPLITS = {"sft": (1, 4, 20000, 1), "rl": (3, 5, 2000, 2), "test": (2, 5, 500, 3)}  # min/max steps, size, seed
 TASK_NAMES = {"Tom": "He", "Sam": "He", "Leo": "He", "Ann": "She", "Mia": "She", "Eva": "She"}
 TASK_THINGS = ("coins", "apples", "cards", "pens", "shells", "books")
 TASK_VERBS = {"+": ("gets", "finds"), "-": ("loses", "gives")}
+TASK_ORDINALS = ("first", "second", "third", "fourth", "fifth")
 TASK_MODEL = dict(d_model=128, n_layers=4, n_heads=4, n_kv_heads=4, mlp_hidden_size=384, rope_theta=10000.0,
                   max_sequence_length=128)  # plus the ids and vocab size from the task tokenizer
-TASK_SAMPLING = dict(gen_length=48, block_length=8, steps=48, temperature=1.2)  # paper T; a response is <= 44 tokens
+TASK_SAMPLING = dict(gen_length=56, block_length=8, steps=56, temperature=1.2)  # paper T; a response is <= 53 tokens
 TASK_HINT_RESERVE = 8  # inpaint.build_hints(reserve=...): the window's last 8 slots stay free for the answer
 
 
@@ -163,29 +168,31 @@ def task_problem(rng, n_steps, max_value=9):
         op = rng.choice([o for o, ok in (("+", v < max_value), ("-", v > 0)) if ok])
         n = rng.randint(1, max_value - v if op == "+" else v)
         new = v + n if op == "+" else v - n
-        phrases.append(f"{rng.choice(TASK_VERBS[op])} {n}")
-        lines.append(f"{v}{op}{n}={new}")
+        phrases.append(f"{TASK_ORDINALS[len(lines)]} {rng.choice(TASK_VERBS[op])} {n}")
+        lines.append(f"{TASK_ORDINALS[len(lines)]}: {v}{op}{n}={new}")
         key += [op, n]
         v = new
-    question = f"{name} has {key[0]} {thing}. {TASK_NAMES[name]} {', '.join(phrases)}. How many {thing} now?"
+    steps = ", ".join(phrases).replace("first ", f"First {TASK_NAMES[name].lower()} ")
+    question = f"{name} has {key[0]} {thing}. {steps}. How many {thing} now?"
     return question, str(v), "\n".join(lines), tuple(key)
 
 
 def task_splits(splits=TASK_SPLITS, max_value=9):
     """{'sft' | 'rl' | 'test': [item]}; item keys as the benchmark loaders: id, question, answer, solution.
-    Deterministic from the seeds; a chain (numbers and operations, whatever the wording) is in one split only."""
+    Deterministic from the seeds; a chain (numbers and operations, whatever the wording) is in one split only,
+    and at most once in the test and RL splits."""
     import random
-    seen, out = set(), {}
+    held_out, out = set(), {}
     for split in ("test", "rl", "sft"):  # held-out splits first, so SFT never sees their chains
         lo, hi, size, seed = splits[split]
-        rng, items = random.Random(seed), []
+        rng, items, mine = random.Random(seed), [], set()
         while len(items) < size:
             q, a, sol, key = task_problem(rng, rng.randint(lo, hi), max_value)
-            if key in seen:
-                continue
-            seen.add(key)
+            if key in held_out or (key in mine and split != "sft"):  # SFT may repeat a chain (new wording):
+                continue                                                # there are only ~90 one-step chains
+            mine.add(key)
             items.append(dict(id=f"task-{split}-{len(items)}", question=q, answer=a, solution=sol))
-        out[split] = items
+        out[split], held_out = items, held_out | mine
     return out
 
 
@@ -211,7 +218,7 @@ def task_tokenizer():
     import re
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
-    words = sorted({*TASK_NAMES, *TASK_NAMES.values(), *TASK_THINGS, *sum(TASK_VERBS.values(), ()), "has", "How",
+    words = sorted({*TASK_NAMES, *TASK_THINGS, *sum(TASK_VERBS.values(), ()), *TASK_ORDINALS, "First", "he", "she", "has", "How",
                     "many", "now", "user", "assistant", "system"}, key=lambda w: (-len(w), w))
     vocab = TASK_SPECIAL + TASK_TAGS + ["\\boxed", "\n\n"] + [chr(c) for c in range(32, 127)] + ["\n"]
     vocab += [f" {d}" for d in "0123456789"] + [p + w for w in words for p in ("", " ")]

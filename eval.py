@@ -132,8 +132,18 @@ def evaluate(model, tokenizer, items, proto, *, out_path=None, messages=data.bui
     part = open(f"{out_path}.rank{rank}.part", "a", encoding="utf-8") if out_path and units else None
     new, bar = [], tqdm(total=len(units), desc=f"{desc} (rank 0 of {world})", disable=rank != 0)
     model.eval()
-    for i in range(0, len(units), batch_size):
+    n_batches = math.ceil(len(units) / batch_size)
+    if world > 1:  # an FSDP-sharded model (igpo.py) needs every rank in every forward: pad with dummy batches
+        t = torch.tensor(n_batches, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        n_batches = int(t)
+    for i in range(0, n_batches * batch_size, batch_size):
         batch = units[i:i + batch_size]
+        if not batch:  # a dummy batch: generate, keep nothing
+            ids, attn = M.encode_chat(tokenizer, [messages(items[0]["question"])], prefill=proto["prefill"], device=device)
+            S.generate(model, ids, attention_mask=attn, gen_length=proto["gen_length"], block_length=proto["block_length"],
+                       steps=proto["steps"], temperature=proto["temperature"], remasking=proto["remasking"])
+            continue
         convs = [messages(it["question"]) for it, _ in batch]
         ids, attn = M.encode_chat(tokenizer, convs, prefill=proto["prefill"], device=device)  # (b, P)
         gens = [torch.Generator(device).manual_seed(zlib.crc32(f"{seed}|{it['id']}|{s}".encode()))

@@ -92,11 +92,11 @@ class Config:
 
 # `python igpo.py` = the embedded task on a CPU; `--preset paper` = the paper's run.
 PRESETS = {
-    "task": dict(model="checkpoints/task-sft", data="task", out_dir="runs/igpo-task", steps=120, prompts_per_step=16,
+    "task": dict(model="checkpoints/task-sft", data="task", out_dir="runs/igpo-task", steps=40, prompts_per_step=16,
                  micro_batch=128, gen_length=data.TASK_SAMPLING["gen_length"], mu=2,
                  block_length=data.TASK_SAMPLING["block_length"], diffusion_steps=data.TASK_SAMPLING["steps"],
                  temperature=data.TASK_SAMPLING["temperature"], chunk=(2, 4), reserve=data.TASK_HINT_RESERVE,
-                 lr=1e-4, warmup=5, grad_clip=1.0, beta=0.0, grad_ckpt=False, save_every=60, eval_every=40,
+                 lr=1e-4, warmup=5, grad_clip=1.0, grad_ckpt=False, save_every=40, eval_every=0,
                  eval_limit=500),
     "paper": dict(),
 }
@@ -150,11 +150,10 @@ def reference_trace(tok, item):
 def inpaint_groups(policy, tok, groups, prompt_ids, prompt_attn, cfg, batch_idx, first):
     """Re-sample each all-wrong group in `groups` (list of (local group index, item)) with hints; returns, per
     group, (completions (G, L), correctness (G,), total reward (G,), hint_mask (G, L)). Seeds use the global group
-    index (first + local), so the hints and rollouts do not depend on the world size."""
-    if not groups:
-        return []
+    index (first + local), so the hints and rollouts do not depend on the world size. Every rank samples the
+    same number of rows (padding with discarded hint-free rows): FSDP needs all ranks in every forward."""
     G, mask_id = cfg.G, policy.config.mask_token_id
-    hints, masks = [], []
+    hints, masks, seeds = [], [], []
     for gi, item in groups:
         trace, answer_start = reference_trace(tok, item)
         gen = torch.Generator().manual_seed(mix(cfg.seed, batch_idx, first + gi, 2))
@@ -164,9 +163,19 @@ def inpaint_groups(policy, tok, groups, prompt_ids, prompt_attn, cfg, batch_idx,
                                        reveal_last=cfg.reveal_last)
         hints.append(h)
         masks.append(hm)
-    rows = torch.cat([torch.arange(gi * G, gi * G + G) for gi, _ in groups])
-    seeds = [mix(cfg.seed, batch_idx, first * G + int(r), 3) for r in rows]
-    comp = rollout(policy, prompt_ids[rows], prompt_attn[rows], cfg, seeds, torch.cat(hints).to(prompt_ids.device))
+        seeds += [mix(cfg.seed, batch_idx, (first + gi) * G + r, 3) for r in range(G)]
+    n = n_max = len(groups) * G
+    if dist.is_initialized():
+        t = torch.tensor(n, device=prompt_ids.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        n_max = int(t)
+    if n_max == 0:
+        return []
+    rows = torch.cat([torch.arange(gi * G, gi * G + G) for gi, _ in groups] + [torch.zeros(n_max - n, dtype=torch.long)])
+    hints = torch.cat(hints + [torch.full((n_max - n, cfg.gen_length), mask_id)]).to(prompt_ids.device)
+    comp = rollout(policy, prompt_ids[rows], prompt_attn[rows], cfg, seeds + [0] * (n_max - n), hints)[:n]
+    if not groups:
+        return []
     correct, total = rewards(tok, comp.cpu(), [item["answer"] for _, item in groups for _ in range(G)], cfg)
     return [(comp[k * G:(k + 1) * G], correct[k * G:(k + 1) * G], total[k * G:(k + 1) * G], masks[k])
             for k in range(len(groups))]
@@ -295,6 +304,7 @@ def make_batch(policy, ref, tok, items, messages, cfg, batch_idx, first, rank, d
     correct, total = rewards(tok, comp.cpu(), golds, cfg)
     t_roll = time.time() - t0
     hint = torch.zeros_like(comp, dtype=torch.bool)
+    n_correct_policy = float((correct > 0).sum())  # on-policy accuracy, before any replacement
     wrong = all_wrong(correct, G)
     groups = [(gi, items[gi]) for gi in wrong.nonzero().squeeze(1).tolist()] if cfg.inpaint else []
     t0, n_replaced, rescued = time.time(), 0, 0
@@ -326,7 +336,8 @@ def make_batch(policy, ref, tok, items, messages, cfg, batch_idx, first, rank, d
     gen_len = lmask.sum(1).float()
     m = dict(groups=len(items), all_wrong_before=int(wrong.sum()),
              all_wrong_after=int(all_wrong(correct, G).sum()), rescued=rescued, replaced=n_replaced,
-             correct=float((correct > 0).sum()), reward=float(total.sum()), rollouts=len(comp),
+             correct=n_correct_policy, correct_after=float((correct > 0).sum()), reward=float(total.sum()),
+             rollouts=len(comp),
              format=float((total - correct).sum()) / max(cfg.format_weight, 1e-9),
              hint_tokens=float(hint.sum()), loss_tokens=float(lmask.sum()), comp_len=float(gen_len.sum()),
              ent_hint=float((ent[0] * (hint & lmask)).sum()), ent_gen=float((ent[0] * (~hint & lmask)).sum()),
@@ -456,7 +467,8 @@ def summarize(r):
                grad_norm=r["grad_norm"], lr=r["lr"], t_update=r["t_update"])
     if "rollouts" in r:
         n, g = r["rollouts"], r["groups"]
-        out.update(acc=r["correct"] / n, reward=r["reward"] / n, format=r["format"] / n,
+        out.update(acc=r["correct"] / n, acc_after=r["correct_after"] / n, reward=r["reward"] / n,
+                   format=r["format"] / n,
                    all_wrong_before=r["all_wrong_before"] / g, all_wrong_after=r["all_wrong_after"] / g,
                    rescued=r["rescued"] / max(r["all_wrong_before"], 1), replaced=r["replaced"],
                    hint_frac=r["hint_tokens"] / max(r["loss_tokens"], 1), comp_len=r["comp_len"] / n,

@@ -34,7 +34,7 @@ def task_ckpt(tmp_path_factory):
 def small_cfg(task_ckpt, **kw):
     base = ["--model", task_ckpt, "--steps", "2", "--mu", "2", "--prompts_per_step", "2", "--G", "4",
             "--gen_length", "16", "--block_length", "8", "--diffusion_steps", "4", "--micro_batch", "8",
-            "--chunk", "2,3", "--reserve", "2", "--eval_limit", "0", "--warmup", "1"]
+            "--chunk", "2,3", "--reserve", "2", "--eval_limit", "0", "--warmup", "1", "--beta", "0"]  # no reference model
     for k, v in kw.items():
         base += [f"--{k}", str(v)]
     return launch.parse_config(igpo.Config, igpo.PRESETS, base)

@@ -1,0 +1,335 @@
+"""Masked-diffusion SFT of LLaDA on (prompt, response) pairs, and the concise-trace rewriting that feeds it.
+
+Loss: LLaDA's SFT objective (arXiv 2502.09992, Eq. (5); IGPO arXiv 2509.10396, Eq. (1)). The prompt stays clean;
+each sample draws t ~ U(0, 1), p = (1 - eps) t + eps, and masks each response token with probability p; the
+cross-entropy of the masked tokens, weighted 1/p, is summed per sample, divided by that sample's response length
+(EOS padding included, as LLaDA's SFT), and averaged over the batch. IGPO's "length-aligned" SFT trains on traces
+rewritten by a strong LM into concise steps (<= ~1k tokens, the RL generation budget): `--rewrite_model`.
+
+Deviations (paper/LLaDA = P, d1's SFT code = D):
+ 1. --loss_norm sample (P) divides each sample by its own response length; D (`--loss_norm batch`) divides the
+    batch sum by the batch's response-token count, so long answers weigh more. Both are normalised over the global
+    batch, so the loss is independent of micro-batch and world size (D normalises per device micro-batch).
+ 2. t and the masks are drawn per sample from a generator seeded by (seed, step, slot in the global batch): runs
+    are reproducible, resume exactly, and give the same update on any world size (P, D: global RNG).
+ 3. Prompts are left-padded (masked keys) and responses padded with EOS to --resp_len (0: longest in the
+    micro-batch), so a row is the sampler's canvas; P right-pads whole rows and uses no attention mask. RoPE is
+    relative, so a left-padded row equals its unpadded row up to rounding.
+ 4. Full fine-tuning under FSDP2 (D: LoRA r=128 on q/k/v). Values IGPO does not state are LLaDA's SFT ones.
+Launch:  python sft.py                     # embedded task: a tiny LLaDA from scratch on CPU (~5 min on 2 cores)
+         torchrun --nproc_per_node=8 sft.py --preset paper --data runs/concise.jsonl
+         python sft.py --preset paper --data math --rewrite_model PATH --rewrite_out runs/concise.jsonl
+Shapes: B batch, L padded length (P prompt + R response), V vocab.
+"""
+import argparse
+import functools
+import inspect
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_optimizer_state_dict)
+
+import data
+import model as M
+import reward
+
+
+@dataclass
+class Config:
+    data: str = "math"               # "task" (embedded SFT split) | "math" (GSM8K + MATH train) | x.jsonl | hub id
+    model: str = "GSAI-ML/LLaDA-8B-Instruct"  # HF-format dir / hub id to fine-tune; "scratch" = data.TASK_MODEL
+    out_dir: str = "checkpoints/sft"  # checkpoint dir (HF format + optim.pt + trainer_state.json)
+    max_len: int = 1024              # response tokens kept, EOT included (paper: concise traces <= ~1k tokens)
+    too_long: str = "drop"           # longer responses: "drop" (paper filters them) | "truncate"
+    resp_len: int = 0                # pad responses with EOS to this many tokens (the RL gen_length); 0 = longest
+    max_samples: int = 0             # use the first N pairs (0 = all)
+    epochs: float = 3.0              # passes over the data (LLaDA SFT: 3)
+    steps: int = 0                   # optimizer steps; 0 = derived from epochs
+    global_batch: int = 256          # sequences per optimizer step, any world size (LLaDA SFT: 256)
+    micro_batch: int = 2             # sequences per rank per forward; accumulation = global / (world * micro)
+    lr: float = 2.5e-5               # peak AdamW lr (LLaDA SFT; not stated in IGPO)
+    min_lr_ratio: float = 0.1        # final lr = ratio * lr (LLaDA SFT decays to 2.5e-6)
+    warmup: int = 50                 # linear warmup steps, then cosine decay to min_lr_ratio * lr (LLaDA SFT: 50)
+    weight_decay: float = 0.1        # AdamW (LLaDA, d1)
+    grad_clip: float = 1.0           # max global grad norm (d1)
+    eps: float = 1e-3                # mask-probability floor of Eq. (1) (LLaDA)
+    loss_norm: str = "sample"        # "sample" (paper, LLaDA) | "batch" (d1); deviation 1
+    bf16: bool = True                # bf16 autocast on GPU (fp32 params and optimizer); ignored on CPU
+    grad_ckpt: bool = True           # recompute blocks in backward (needed at 8B)
+    seed: int = 0                    # init, data order and mask draws
+    log_every: int = 10              # steps between log lines
+    save_every: int = 500            # steps between checkpoints (and one at the end)
+    stop_at: int = 0                 # stop (after saving) at this step without changing the schedule; 0 = off
+    resume: bool = False             # continue from out_dir's checkpoint (weights, optimizer, step)
+    rewrite_model: str = ""          # a transformers causal LM: rewrite the traces of --data, write --rewrite_out
+    rewrite_out: str = "runs/rewritten.jsonl"  # output of the rewriting (keys id, question, answer, solution)
+    rewrite_cap: int = 1024          # drop rewritten traces longer than this many rewriter tokens (paper ~1k)
+
+
+# The no-flag run: a 0.9M-param LLaDA from scratch on the embedded task (data.py); rows = the RL sampler's canvas.
+PRESETS = {"task": dict(data="task", model="scratch", out_dir="checkpoints/task-sft",
+                        max_len=data.TASK_SAMPLING["gen_length"], resp_len=data.TASK_SAMPLING["gen_length"],
+                        steps=1000, global_batch=64, micro_batch=64, lr=2e-3, warmup=50, min_lr_ratio=0.05,
+                        weight_decay=0.0, grad_ckpt=False, log_every=50, save_every=1000),
+           "paper": {}}
+
+REWRITE_PROMPT = ("Rewrite this solution as concise steps, one short line each, same final answer, ending with "
+                  "\\boxed{{ANSWER}}.\n\nProblem: {question}\n\nSolution: {solution}\n\nAnswer: {answer}\n\nConcise:")
+
+
+def parse_config(argv=None):
+    """Config = Config() (the paper's setting) <- --preset (default "task") <- flags. --help lists every field."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default="task", choices=sorted(PRESETS), help="base settings; flags override them")
+    base = Config(**PRESETS[pre.parse_known_args(argv)[0].preset])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], parents=[pre])
+    doc = {ln.split(":")[0].strip(): ln.split("#", 1)[1].strip()
+           for ln in inspect.getsource(Config).splitlines() if ":" in ln and "#" in ln}
+    for f in fields(Config):
+        typ = (lambda v: v.lower() in ("1", "true", "yes")) if f.type is bool else f.type
+        p.add_argument(f"--{f.name}", type=typ, default=getattr(base, f.name),
+                       help=f"{doc[f.name]} [default %(default)r; paper {f.default!r}]")
+    return Config(**{k: v for k, v in vars(p.parse_args(argv)).items() if k != "preset"})
+
+
+def sft_loss(model, input_ids, prompt_len, *, mask_id, attention_mask=None, eps=1e-3, t=None, mask=None,
+             generator=None, norm="sample", denom=None):
+    """Masked-diffusion SFT loss (module docstring). input_ids (B, L) clean; prompt_len (B,): row b's response
+    starts at column prompt_len[b] (all before it, left padding too, is prompt: never masked); attention_mask
+    (B, L) key padding or None. t (B,), mask (B, L) bool: explicit draws, else drawn from `generator`.
+    denom replaces B ("sample") or the response-token count ("batch"): micro-batches then sum to the batch loss."""
+    B, L = input_ids.shape
+    is_resp = torch.arange(L, device=input_ids.device)[None, :] >= prompt_len[:, None]    # (B, L)
+    t = torch.rand(B, generator=generator, device=input_ids.device) if t is None else t
+    p = (1 - eps) * t + eps                                                                # (B,)
+    mask = torch.rand(B, L, generator=generator, device=input_ids.device) < p[:, None] if mask is None else mask
+    mask = mask & is_resp                                                                  # prompt never masked
+    logits = model(torch.where(mask, mask_id, input_ids), attention_mask=attention_mask)  # (B, L, V)
+    ce = F.cross_entropy(logits[mask].float(), input_ids[mask], reduction="none")         # (n_masked,)
+    w = (1.0 / p)[:, None].expand(B, L)[mask]
+    if norm == "sample":
+        resp_len = is_resp.sum(1, keepdim=True).expand(B, L)[mask]
+        return (ce * w / resp_len).sum() / (B if denom is None else denom)  # Eq. (1)
+    assert norm == "batch", norm
+    return (ce * w).sum() / (is_resp.sum() if denom is None else denom)  # d1's normalisation
+
+
+def load_items(spec, split="train"):
+    """Items with keys question, answer, solution (the format of data.py's loaders), or prompt/response."""
+    if spec == "task":
+        return data.task_splits()["sft"]
+    if spec == "math":
+        return data.load_split("gsm8k", "train") + data.load_split("math", "train")
+    if spec.endswith(".jsonl"):
+        with open(spec) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    import datasets  # a hub dataset with question/answer/solution or prompt/response columns
+    return list(datasets.load_dataset(spec, split=split))
+
+
+def format_response(item):
+    """SFT target (and inpainting reference) in the benchmark format, reward.format_reward's layout."""
+    return item["response"] if "response" in item else \
+        f"<reasoning>\n{item['solution']}\n</reasoning>\n<answer>\n\\boxed{{{item['answer']}}}\n</answer>"
+
+
+def tokenize_pairs(items, tokenizer, cfg, log=print):
+    """[(prompt_ids, response_ids)]: the chat template renders the full conversation, the response is what follows
+    the generation prompt (content + <|eot_id|> for LLaDA). Over-long responses are dropped or truncated."""
+    pairs, n_long = [], 0
+    for item in items[:cfg.max_samples or None]:
+        msgs = ([{"role": "user", "content": item["prompt"]}] if "prompt" in item else
+                (data.task_messages if cfg.data == "task" else data.build_messages)(item["question"]))
+        prompt = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        full = tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": format_response(item)}],
+                                             tokenize=False)
+        assert full.startswith(prompt), "chat template: the conversation must extend the generation prompt"
+        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        r_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+        if len(r_ids) > cfg.max_len:
+            n_long += 1
+            if cfg.too_long == "drop":
+                continue
+            r_ids = r_ids[:cfg.max_len]
+        pairs.append((p_ids, r_ids))
+    log(f"data: {len(pairs)} pairs; {n_long} responses over max_len={cfg.max_len} ({cfg.too_long})")
+    return pairs
+
+
+def collate(pairs, idx, step, cfg, eos_id):
+    """Rows [left pad][prompt][response, EOS to resp_len] (deviation 3), per-sample draws (deviation 2); idx: slots in
+    the global batch. Returns input_ids, attention_mask (B, P + R), prompt_len (B,) (all P), t (B,), mask (B, P + R)."""
+    P, R = max(len(p) for p, _ in pairs), cfg.resp_len or max(len(r) for _, r in pairs)
+    ids = torch.full((len(pairs), P + R), eos_id, dtype=torch.long)
+    attn, mask, t = torch.zeros_like(ids), torch.zeros(ids.shape, dtype=torch.bool), torch.empty(len(pairs))
+    for i, ((p, r), j) in enumerate(zip(pairs, idx)):
+        ids[i, P - len(p):P], attn[i, P - len(p):] = torch.tensor(p), 1
+        ids[i, P:P + min(len(r), R)] = torch.tensor(r[:R])
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 10_007 + j)
+        t[i] = torch.rand((), generator=g)
+        mask[i, P:] = torch.rand(R, generator=g) < (1 - cfg.eps) * t[i] + cfg.eps
+    return ids, attn, torch.full((len(pairs),), P), t, mask
+
+
+def build_model(cfg):
+    """(model, tokenizer) in fp32 on CPU: resumed, loaded, or a fresh tiny LLaDA for the embedded task."""
+    resuming = cfg.resume and os.path.exists(os.path.join(cfg.out_dir, "trainer_state.json"))
+    if resuming or cfg.model != "scratch":
+        return M.load(cfg.out_dir if resuming else cfg.model)
+    tok = data.task_tokenizer()
+    mc = M.ModelConfig(**data.TASK_MODEL, vocab_size=len(tok), embedding_size=len(tok),
+                       mask_token_id=tok.mask_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return M.LLaDA(mc).init_weights(generator=torch.Generator().manual_seed(cfg.seed)), tok
+
+
+def lr_at(step, total, cfg):  # linear warmup, then cosine decay to min_lr_ratio * lr
+    frac = max(0, step - cfg.warmup) / max(1, total - cfg.warmup)
+    decay = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
+    return cfg.lr * min(1.0, (step + 1) / cfg.warmup) * decay
+
+
+@functools.lru_cache(maxsize=2)
+def _perm(n, seed):  # one seeded permutation per epoch: the data order of any world size and of a resumed run
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def save_checkpoint(cfg, model, opt, tok, step, rank):
+    """HF-format weights (model.save) + optimizer + step, written to a temp dir and renamed over out_dir."""
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)  # gathered on rank 0
+    sd, osd = get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, opt, options=opts)
+    if rank == 0:
+        with torch.device("meta"):
+            plain = M.LLaDA(model.config)
+        plain.load_state_dict(sd, assign=True)
+        out = cfg.out_dir.rstrip("/")
+        M.save(plain, tok, out + ".saving",
+               extra_files={"sft_config.json": asdict(cfg), "trainer_state.json": {"step": step}})
+        torch.save(osd, os.path.join(out + ".saving", "optim.pt"))
+        if os.path.exists(out):
+            os.replace(out, out + ".old")
+        os.replace(out + ".saving", out)
+        shutil.rmtree(out + ".old", ignore_errors=True)
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def train(cfg):
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: NCCL on GPU, gloo on CPU
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    log = print if rank == 0 else (lambda *a, **k: None)
+    log(json.dumps(asdict(cfg), indent=1))
+    model, tok = build_model(cfg)
+    pairs = tokenize_pairs(load_items(cfg.data), tok, cfg, log)
+    per_rank, accum = cfg.global_batch // world, cfg.global_batch // (world * cfg.micro_batch)
+    assert accum * world * cfg.micro_batch == cfg.global_batch, "global_batch must be divisible by world * micro_batch"
+    total = cfg.steps or math.ceil(cfg.epochs * len(pairs) / cfg.global_batch)
+    log(f"world {world} x micro_batch {cfg.micro_batch} x accumulation {accum} = global batch {cfg.global_batch}; "
+        f"{total} steps; {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params")
+    model.gradient_checkpointing = cfg.grad_ckpt
+    model.to(device).train()
+    if world > 1:
+        from torch.distributed.fsdp import fully_shard
+        mesh = dist.device_mesh.init_device_mesh(device.type, (world,))
+        for module in [*model.model.transformer.blocks, model]:  # per block, then the root (embeddings, head)
+            fully_shard(module, mesh=mesh)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    state = os.path.join(cfg.out_dir, "trainer_state.json")
+    start = json.load(open(state))["step"] if cfg.resume and os.path.exists(state) else 0
+    if start:  # build_model loaded the weights; the data order and the draws are functions of the step
+        osd = torch.load(os.path.join(cfg.out_dir, "optim.pt"), weights_only=False) if rank == 0 else {}
+        set_optimizer_state_dict(model, opt, osd,
+                                 options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=world > 1))
+        log(f"resumed from {cfg.out_dir} at step {start}")
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
+    t0 = time.time()
+    for step in range(start, total):
+        idx = [_perm(len(pairs), cfg.seed + pos // len(pairs))[pos % len(pairs)]  # dataset index of each global slot
+               for pos in range(step * cfg.global_batch, (step + 1) * cfg.global_batch)]
+        mine = list(range(rank * per_rank, (rank + 1) * per_rank))  # positions in the global batch
+        micro = [collate([pairs[idx[j]] for j in mine[k:k + cfg.micro_batch]], mine[k:k + cfg.micro_batch], step,
+                         cfg, tok.eos_token_id) for k in range(0, per_rank, cfg.micro_batch)]
+        denom = torch.tensor(float(cfg.global_batch))
+        if cfg.loss_norm == "batch":  # response tokens (EOS padding included) of the whole global batch
+            denom = sum((ids.shape[1] - plen).sum() for ids, _, plen, _, _ in micro).float()
+            if world > 1:
+                dist.all_reduce(denom)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, total, cfg)
+        loss_sum = torch.zeros((), device=device)
+        for k, (ids, attn, plen, t, mask) in enumerate(micro):
+            if world > 1:
+                model.set_requires_gradient_sync(k == accum - 1)  # reduce-scatter once per step
+            with amp:
+                loss = sft_loss(model, ids.to(device), plen.to(device), attention_mask=attn.to(device), t=t.to(device),
+                                mask=mask.to(device), mask_id=model.config.mask_token_id, eps=cfg.eps,
+                                norm=cfg.loss_norm, denom=denom.to(device))
+            (loss * world).backward()  # FSDP averages gradients over ranks; the loss is already a global mean
+            loss_sum += loss.detach()
+        if world > 1:
+            dist.all_reduce(loss_sum)
+        if not torch.isfinite(loss_sum):
+            raise FloatingPointError(f"non-finite loss {loss_sum.item()} at step {step}; nothing saved after it")
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if (step + 1) % cfg.log_every == 0 or step + 1 == total:
+            gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm  # a DTensor under FSDP
+            log(f"step {step + 1}/{total} loss {loss_sum.item():.4f} lr {lr_at(step, total, cfg):.2e} "
+                f"gnorm {gnorm.item():.3f} {time.time() - t0:.0f}s")
+        if step + 1 in (total, cfg.stop_at) or (step + 1) % cfg.save_every == 0:
+            save_checkpoint(cfg, model, opt, tok, step + 1, rank)
+        if step + 1 == cfg.stop_at:
+            break
+    log(f"saved {cfg.out_dir}; {time.time() - t0:.0f}s")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def rewrite(cfg):
+    """Rewrite the traces of cfg.data with a causal LM (greedy) into concise steps; keep a sample only if the rewrite
+    fits rewrite_cap tokens and its \\boxed answer is equivalent to the gold one (reward.is_equiv)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(cfg.rewrite_model)
+    lm = AutoModelForCausalLM.from_pretrained(cfg.rewrite_model).eval()
+    items, kept, n_cap, n_wrong = load_items(cfg.data)[:cfg.max_samples or None], [], 0, 0
+    for it in items:
+        text = REWRITE_PROMPT.format(question=it["question"], solution=it["solution"], answer=it["answer"])
+        if tok.chat_template:
+            text = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                           tokenize=False)
+        enc = tok(text, return_tensors="pt", add_special_tokens=not tok.chat_template)
+        with torch.no_grad():  # one token past the cap tells an over-long rewrite
+            row = lm.generate(**enc, max_new_tokens=cfg.rewrite_cap + 1, do_sample=False,
+                              pad_token_id=tok.pad_token_id or tok.eos_token_id)[0, enc["input_ids"].shape[1]:]
+        row = row[:int((row == tok.eos_token_id).nonzero()[0])] if (row == tok.eos_token_id).any() else row
+        out = tok.decode(row, skip_special_tokens=True).strip()
+        if len(row) > cfg.rewrite_cap:
+            n_cap += 1
+        elif not reward.is_equiv(reward.extract_answer(out), it["answer"]):
+            n_wrong += 1  # the rewrite changed the final answer: drop the sample
+        else:
+            kept.append({"id": it.get("id"), "question": it["question"], "answer": it["answer"], "solution": out})
+    os.makedirs(os.path.dirname(os.path.abspath(cfg.rewrite_out)), exist_ok=True)
+    with open(cfg.rewrite_out + ".tmp", "w") as f:
+        f.writelines(json.dumps(x) + "\n" for x in kept)
+    os.replace(cfg.rewrite_out + ".tmp", cfg.rewrite_out)
+    print(f"rewrite: kept {len(kept)}/{len(items)}; dropped {n_cap} over {cfg.rewrite_cap} tokens, "
+          f"{n_wrong} with a changed answer -> {cfg.rewrite_out}")
+    return kept
+
+
+if __name__ == "__main__":
+    config = parse_config()
+    rewrite(config) if config.rewrite_model else train(config)
