@@ -36,6 +36,12 @@ Respond in the following format:
 REASONING_PREFILL = "<reasoning>"  # d1 eval `--add_reasoning`: appended after the assistant header
 
 
+def format_response(item):
+    """SFT target (and inpainting reference) in the benchmark format, reward.format_reward's layout."""
+    return item["response"] if "response" in item else \
+        f"<reasoning>\n{item['solution']}\n</reasoning>\n<answer>\n\\boxed{{{item['answer']}}}\n</answer>"
+
+
 def build_messages(question: str, system_prompt: str | None = SYSTEM_PROMPT) -> list[dict]:
     """Chat messages for one problem: [user: instruction + blank line + question] (IGPO / d1 layout)."""
     content = question if not system_prompt else system_prompt + "\n\n" + question
@@ -212,14 +218,14 @@ LLADA_CHAT_TEMPLATE = (  # LLaDA-8B-Instruct's template (Llama-3 style headers, 
 
 
 def task_tokenizer():
-    """A 169-token word-level tokenizer (transformers PreTrainedTokenizerFast, saved by model.save): the task's
+    """A 181-token word-level tokenizer (transformers PreTrainedTokenizerFast, saved by model.save): the task's
     words (with and without a leading space), single digits, every printable ASCII character as a fallback,
     the tags and LLaDA's special tokens. Digits are single tokens so each arithmetic step is a table lookup."""
     import re
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
-    words = sorted({*TASK_NAMES, *TASK_THINGS, *sum(TASK_VERBS.values(), ()), *TASK_ORDINALS, "First", "he", "she", "has", "How",
-                    "many", "now", "user", "assistant", "system"}, key=lambda w: (-len(w), w))
+    words = sorted({*TASK_NAMES, *TASK_THINGS, *sum(TASK_VERBS.values(), ()), *TASK_ORDINALS, "First", "he", "she",
+                    "has", "How", "many", "now", "user", "assistant", "system"}, key=lambda w: (-len(w), w))
     vocab = TASK_SPECIAL + TASK_TAGS + ["\\boxed", "\n\n"] + [chr(c) for c in range(32, 127)] + ["\n"]
     vocab += [f" {d}" for d in "0123456789"] + [p + w for w in words for p in ("", " ")]
     vocab = list(dict.fromkeys(vocab))

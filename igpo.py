@@ -140,7 +140,7 @@ def loss_mask(completions, eos_id, post_eos):
 
 def reference_trace(tok, item):
     """Token ids of the item's reference response and the index where its final answer starts (the last \\boxed)."""
-    text = sft.format_response(item)
+    text = data.format_response(item)
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
     cut = text.rfind("\\boxed")
     answer_start = next((i for i, (s, _) in enumerate(enc["offset_mapping"]) if s >= cut), None) if cut >= 0 else None

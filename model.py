@@ -189,7 +189,7 @@ class LLaDA(nn.Module):
                 x = blk(x, cos, sin, attn_bias)
         x = t.ln_f(x)
         logits = F.linear(x, t.wte.weight) if self.config.weight_tying else t.ff_out(x)
-        return logits[..., :self.config.vocab_size]
+        return logits if self.config.embedding_size == self.config.vocab_size else logits[..., :self.config.vocab_size]
 
 
 def _read_state_dict(path):
@@ -230,7 +230,11 @@ def load(path, dtype=torch.float32, device="cpu"):
     sd = _read_state_dict(path)
     check_state_dict(model, sd)
     model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in sd.items()}, strict=True, assign=True)
+    from transformers.utils import logging as hf_logging
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # AutoTokenizer reads config.json and warns that "llada" is no HF model type
     tokenizer = AutoTokenizer.from_pretrained(path)  # the tokenizer needs no remote code
+    hf_logging.set_verbosity(verbosity)
     return model.eval(), tokenizer
 
 

@@ -135,12 +135,6 @@ def load_items(spec, split="train"):
     return list(datasets.load_dataset(spec, split=split))
 
 
-def format_response(item):
-    """SFT target (and inpainting reference) in the benchmark format, reward.format_reward's layout."""
-    return item["response"] if "response" in item else \
-        f"<reasoning>\n{item['solution']}\n</reasoning>\n<answer>\n\\boxed{{{item['answer']}}}\n</answer>"
-
-
 def tokenize_pairs(items, tokenizer, cfg, log=print):
     """[(prompt_ids, response_ids)]: the chat template renders the full conversation, the response is what follows
     the generation prompt (content + <|eot_id|> for LLaDA). Over-long responses are dropped or truncated."""
@@ -149,7 +143,7 @@ def tokenize_pairs(items, tokenizer, cfg, log=print):
         msgs = ([{"role": "user", "content": item["prompt"]}] if "prompt" in item else
                 (data.task_messages if cfg.data == "task" else data.build_messages)(item["question"]))
         prompt = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-        full = tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": format_response(item)}],
+        full = tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": data.format_response(item)}],
                                              tokenize=False)
         assert full.startswith(prompt), "chat template: the conversation must extend the generation prompt"
         p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]

@@ -21,7 +21,6 @@ import inpaint  # noqa: E402
 import model as M  # noqa: E402
 import reward  # noqa: E402
 import sample  # noqa: E402
-import sft  # noqa: E402
 
 
 def rollouts(m, tok, items, G, temperature, seed, hints=None, batch=256, **kw):
@@ -44,7 +43,7 @@ def reference_hints(tok, items, G, seed):
     gen, rows = torch.Generator().manual_seed(seed), []
     L = data.TASK_SAMPLING["gen_length"]
     for it in items:
-        ref = sft.format_response(it)
+        ref = data.format_response(it)
         trace = tok(ref, add_special_tokens=False)["input_ids"]
         answer_start = len(tok(ref[:ref.index("</reasoning>")], add_special_tokens=False)["input_ids"])
         h, _, _ = inpaint.build_hints(trace, G, L, tok.mask_token_id, gen=gen, answer_start=answer_start,

@@ -112,7 +112,7 @@ def test_overfit_eight_examples():
     prompts, attn = model.encode_chat(tok, [data.task_messages(it["question"]) for it in items])
     out = sample.generate(m, prompts, attention_mask=attn, gen_length=48, block_length=48, steps=48)
     for it, row in zip(items, out[:, prompts.shape[1]:]):
-        assert tok.decode(row, skip_special_tokens=True) == sft.format_response(it)
+        assert tok.decode(row, skip_special_tokens=True) == data.format_response(it)
 
 
 def test_resume_equals_uninterrupted(tmp_path):

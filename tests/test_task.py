@@ -31,7 +31,7 @@ def test_traces_are_correct():
                 assert int(a) == v and int(b) == n and int(c) == (v + n if op == "+" else v - n)
                 v = int(c)
             assert it["answer"] == str(v)
-            assert reward.is_equiv(reward.extract_answer(sft.format_response(it)), it["answer"])
+            assert reward.is_equiv(reward.extract_answer(data.format_response(it)), it["answer"])
 
 
 def test_splits_do_not_overlap_and_rl_is_harder():
@@ -51,7 +51,7 @@ def test_tokenizer_round_trip_and_llada_template(tmp_path):
     prompt = tok2.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
     assert prompt == ("<|startoftext|><|start_header_id|>user<|end_header_id|>\n\n" + it["question"] +
                       "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
-    text = prompt + sft.format_response(it) + "<|eot_id|><|endoftext|>"
+    text = prompt + data.format_response(it) + "<|eot_id|><|endoftext|>"
     ids = tok2(text, add_special_tokens=False)["input_ids"]
     assert ids == tok(text, add_special_tokens=False)["input_ids"]
     assert tok2.decode(ids) == text and tok2.unk_token_id not in ids
