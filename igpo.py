@@ -62,7 +62,7 @@ class Config:
     diffusion_steps: int = 128         # denoising steps per rollout (O)
     temperature: float = 1.2           # rollout temperature (O)
     inpaint: bool = True               # IGPO on; off = GRPO
-    eta: tuple = (0.2, 0.6)            # hint ratio range, eta ~ U[lo, hi] per inpainted rollout (P, O); 0,0 = sample-matched baseline
+    eta: tuple = (0.2, 0.6)            # hint ratio range, eta ~ U[lo, hi] per rollout (P, O); 0,0 = sample-matched
     chunk: tuple = (5, 10)             # hint chunk sizes in tokens, inclusive (O)
     lam: float = 0.5                   # replace at most floor(lam * G) wrong rollouts per group (P: lambda; O: 4 of 8)
     tau: float = 0.2                   # keep the top-tau fraction of hint tokens by entropy (P, O)
@@ -171,7 +171,7 @@ def inpaint_groups(policy, tok, groups, prompt_ids, prompt_attn, cfg, batch_idx,
         n_max = int(t)
     if n_max == 0:
         return []
-    rows = torch.cat([torch.arange(gi * G, gi * G + G) for gi, _ in groups] + [torch.zeros(n_max - n, dtype=torch.long)])
+    rows = torch.cat([torch.arange(gi * G, gi * G + G) for gi, _ in groups] + [torch.zeros(n_max - n).long()])
     hints = torch.cat(hints + [torch.full((n_max - n, cfg.gen_length), mask_id)]).to(prompt_ids.device)
     comp = rollout(policy, prompt_ids[rows], prompt_attn[rows], cfg, seeds + [0] * (n_max - n), hints)[:n]
     if not groups:
@@ -188,7 +188,8 @@ def replace_wrong(comp, correct, total, hint_mask, new, lam, gen):
     ok = (new_correct > 0).nonzero().squeeze(1)
     ok = ok[torch.randperm(len(ok), generator=gen)]
     K = min(len(ok), math.floor(lam * len(correct)))
-    comp[:K], correct[:K], total[:K], hint_mask[:K] = new_comp[ok[:K]], new_correct[ok[:K]], new_total[ok[:K]], new_mask[ok[:K]]
+    pick = ok[:K]
+    comp[:K], correct[:K], total[:K], hint_mask[:K] = new_comp[pick], new_correct[pick], new_total[pick], new_mask[pick]
     return K
 
 
@@ -398,7 +399,8 @@ def train(cfg):
     assert cfg.steps % cfg.mu == 0, "steps must be a multiple of mu (one rollout batch serves mu steps)"
     log(json.dumps(asdict(cfg), indent=1))
     log(f"world {world}: {cfg.prompts_per_step // world} prompts x G={cfg.G} = {cfg.prompts_per_step // world * cfg.G}"
-        f" rollouts per rank, global {cfg.prompts_per_step * cfg.G}; {cfg.steps // cfg.mu} rollout batches x mu={cfg.mu}")
+        f" rollouts per rank, global {cfg.prompts_per_step * cfg.G}; {cfg.steps // cfg.mu} rollout batches"
+        f" x mu={cfg.mu}")
     torch.manual_seed(cfg.seed)
     policy, ref, tok = build(cfg, device)
     policy.gradient_checkpointing = cfg.grad_ckpt
@@ -434,13 +436,15 @@ def train(cfg):
         if rank == 0:
             metrics_f.write(json.dumps(summarize(row)) + "\n")
             metrics_f.flush()
-            bar.set_postfix({k: f"{v:.3g}" for k, v in summarize(row).items() if k in ("acc", "all_wrong_before", "all_wrong_after", "loss")})
+            shown = ("acc", "all_wrong_before", "all_wrong_after", "loss")
+            bar.set_postfix({k: f"{v:.3g}" for k, v in summarize(row).items() if k in shown})
         last = step + 1 == cfg.steps
         if (step + 1) % cfg.save_every == 0 or last:
             save(policy, tok, cfg, step + 1, rank)
         if cfg.eval_limit and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
             res = evaluate(policy, tok, cfg)
-            log(f"step {step + 1}: test {res['metric']} {res['accuracy']:.3f} (95% CI {res['ci95'][0]:.3f}-{res['ci95'][1]:.3f})")
+            lo, hi = res["ci95"]
+            log(f"step {step + 1}: test {res['metric']} {res['accuracy']:.3f} (95% CI {lo:.3f}-{hi:.3f})")
             if rank == 0:
                 metrics_f.write(json.dumps(dict(step=step + 1, eval=res)) + "\n")
                 metrics_f.flush()
@@ -463,7 +467,8 @@ def reduce_metrics(sums, world):
 
 def summarize(r):
     """Metrics row of one optimizer step (rollout metrics only on steps that drew a rollout batch)."""
-    out = dict(step=r["step"], loss=r["loss"], kl=r["kl"] / max(r["kept"], 1), clip_frac=r["clipped"] / max(r["kept"], 1),
+    kept = max(r["kept"], 1)
+    out = dict(step=r["step"], loss=r["loss"], kl=r["kl"] / kept, clip_frac=r["clipped"] / kept,
                grad_norm=r["grad_norm"], lr=r["lr"], t_update=r["t_update"])
     if "rollouts" in r:
         n, g = r["rollouts"], r["groups"]
