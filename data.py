@@ -165,6 +165,12 @@ TASK_SAMPLING = dict(gen_length=56, block_length=8, steps=56, temperature=1.2)  
 TASK_HINT_RESERVE = 8  # inpaint.build_hints(reserve=...): the window's last 8 slots stay free for the answer
 
 
+def task_model_fields(tok):
+    """model.ModelConfig kwargs of the task's LLaDA: TASK_MODEL plus the tokenizer's vocab size and special ids."""
+    return dict(TASK_MODEL, vocab_size=len(tok), embedding_size=len(tok), mask_token_id=tok.mask_token_id,
+                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+
+
 def task_problem(rng, n_steps, max_value=9):
     """One problem with n_steps operations; returns (question, answer, solution, chain key)."""
     name, thing = rng.choice(sorted(TASK_NAMES)), rng.choice(TASK_THINGS)

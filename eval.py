@@ -212,8 +212,7 @@ def build_model(cfg, device):
     if cfg.model != "scratch":
         return M.load(cfg.model, dtype=dtype, device=device)
     tok = data.task_tokenizer()
-    mc = M.ModelConfig(**data.TASK_MODEL, vocab_size=len(tok), embedding_size=len(tok),
-                       mask_token_id=tok.mask_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    mc = M.ModelConfig(**data.task_model_fields(tok))
     torch.manual_seed(cfg.seed)
     return M.LLaDA(mc).init_weights().to(device=device, dtype=dtype), tok
 

@@ -179,8 +179,7 @@ def build_model(cfg):
     if resuming or cfg.model != "scratch":
         return M.load(cfg.out_dir if resuming else cfg.model)
     tok = data.task_tokenizer()
-    mc = M.ModelConfig(**data.TASK_MODEL, vocab_size=len(tok), embedding_size=len(tok),
-                       mask_token_id=tok.mask_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    mc = M.ModelConfig(**data.task_model_fields(tok))
     return M.LLaDA(mc).init_weights(generator=torch.Generator().manual_seed(cfg.seed)), tok
 
 
