@@ -13,7 +13,8 @@ Deviations from LLaDA's modeling_llada.py (numbered, all behaviour-preserving on
  2. `attention_mask` is a pure key-padding mask. No causal term is ever added (copies that added one made the model
     causal under left padding). Positions are absolute (0..L-1) even under left padding; RoPE is relative in q.k,
     so a left-padded row gives the logits of the unpadded row up to float rounding.
- 3. No KV cache, no dropout (all LLaDA dropouts are 0), no block groups.
+ 3. No dropout (all LLaDA dropouts are 0), no block groups. The optional KV cache is the sampler's fast mode
+    (Fast-dLLM's approximate prefix/dual cache); LLaDA's own code has none.
 
 Use:  python model.py              # demo: tiny random model + sampler on CPU
       m, tok = load("GSAI-ML/LLaDA-8B-Instruct", dtype=torch.bfloat16, device="cuda")   # when online
@@ -132,13 +133,18 @@ class Block(nn.Module):
         self.up_proj = nn.Linear(c.d_model, c.mlp_hidden_size, bias=False)
         self.ff_out = nn.Linear(c.mlp_hidden_size, c.d_model, bias=False)
 
-    def forward(self, x, cos, sin, attn_bias):
+    def forward(self, x, cos, sin, attn_bias, cache=None, start=0):
         B, L, _ = x.shape
         h = self.attn_norm(x)
         q = self.q_proj(h).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)      # (B, H, L, Hd)
         k = self.k_proj(h).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(h).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None and not cache:  # record the whole canvas's keys/values (after RoPE, before GQA repeat)
+            cache += [k, v]
+        elif cache is not None:  # x is positions start..start+L of the canvas: fresh k, v there, recorded ones elsewhere
+            k = torch.cat([cache[0][:, :, :start], k, cache[0][:, :, start + L:]], dim=2)
+            v = torch.cat([cache[1][:, :, :start], v, cache[1][:, :, start + L:]], dim=2)
         if self.n_kv_heads != self.n_heads:
             k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
             v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
@@ -173,20 +179,25 @@ class LLaDA(nn.Module):
                 p.fill_(1.0) if "norm" in name or "ln_f" in name else p.normal_(0.0, std, generator=generator)
         return self
 
-    def forward(self, input_ids, attention_mask=None):
+    def forward(self, input_ids, attention_mask=None, cache=None, start=0):
+        """cache (the sampler's fast mode): None, or one list per layer. Empty lists: input_ids is the whole canvas
+        and each layer records its keys/values into its list. Filled lists: input_ids (B, L) is the span
+        start..start+L of the canvas, which alone is recomputed; the other positions attend and are attended to
+        through the recorded keys/values. attention_mask always covers the whole canvas (the keys)."""
         t, (B, L) = self.model.transformer, input_ids.shape
-        key = (L, input_ids.device.type, input_ids.device.index)
+        key = (start + L, input_ids.device.type, input_ids.device.index)
         if key not in self._rope:
-            self._rope[key] = rope_tables(L, self.config.d_model // self.config.n_heads, self.config.rope_theta,
-                                          input_ids.device)
+            self._rope[key] = rope_tables(start + L, self.config.d_model // self.config.n_heads,
+                                          self.config.rope_theta, input_ids.device)
         cos, sin = self._rope[key]
+        cos, sin = cos[start:], sin[start:]  # this span's positions
         attn_bias = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, L) keys
         x = t.wte(input_ids)
-        for blk in t.blocks:
+        for i, blk in enumerate(t.blocks):
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 x = torch.utils.checkpoint.checkpoint(blk, x, cos, sin, attn_bias, use_reentrant=False)
             else:
-                x = blk(x, cos, sin, attn_bias)
+                x = blk(x, cos, sin, attn_bias, None if cache is None else cache[i], start)
         x = t.ln_f(x)
         logits = F.linear(x, t.wte.weight) if self.config.weight_tying else t.ff_out(x)
         return logits if self.config.embedding_size == self.config.vocab_size else logits[..., :self.config.vocab_size]

@@ -16,13 +16,25 @@ class Wrapped:
         return type("Out", (), {"logits": self.m(x, attention_mask=attention_mask)})
 
 
+class Counted:
+    """The model with a count of its forward calls (NFE)."""
+    def __init__(self, m):
+        self.m, self.config, self.n = m, m.config, 0
+
+    def __call__(self, *a, **kw):
+        self.n += 1
+        return self.m(*a, **kw)
+
+
 @torch.no_grad()
 def reference_generate(model, prompt, steps, gen_length, block_length, temperature=0.0, cfg_scale=0.0,
-                       remasking="low_confidence", mask_id=127, attention_mask=None):
+                       remasking="low_confidence", mask_id=127, attention_mask=None, hints=None):
     """LLaDA generate.py, transcribed step by step: full-canvas logits, exp/Gumbel noise, -inf outside the block,
-    per-row topk over the whole canvas."""
+    per-row topk over the whole canvas. hints: written into the canvas first, as the official IGPO code does."""
     x = torch.full((prompt.shape[0], prompt.shape[1] + gen_length), mask_id, dtype=torch.long)
     x[:, :prompt.shape[1]] = prompt.clone()
+    if hints is not None:
+        x[:, prompt.shape[1]:] = hints
     if attention_mask is not None:
         attention_mask = torch.cat([attention_mask, torch.ones((prompt.shape[0], gen_length), dtype=attention_mask.dtype)], dim=-1)
     prompt_index = x != mask_id
@@ -162,3 +174,35 @@ def test_left_padded_batch_equals_unpadded_rows(tiny_model):
     out = sample.generate(tiny_model, batch, attention_mask=am, **kw)
     assert torch.equal(out[0, 8:], sample.generate(tiny_model, a, **kw)[0, 8:])
     assert torch.equal(out[1, 8:], sample.generate(tiny_model, b, **kw)[0, 5:])
+
+
+def test_greedy_with_hints_matches_reference_and_skips_empty_steps(tiny_model):
+    """Hints fill block 1 of every row, so its 4 steps commit nothing: the sampler skips their forwards
+    (deviation 6) and still commits the reference's tokens."""
+    B, P, L, K, steps = 3, 5, 24, 8, 12
+    prompt = torch.randint(2, 120, (B, P))
+    hints = torch.full((B, L), 127)
+    hints[:, 8:16] = torch.randint(2, 120, (B, 8))
+    hints[0, [0, 3, 20]] = torch.tensor([40, 41, 42])
+    counted = Counted(tiny_model)
+    got = sample.generate(counted, prompt, gen_length=L, block_length=K, steps=steps, hints=hints)
+    want = reference_generate(Wrapped(tiny_model), prompt, steps, L, K, hints=hints)
+    assert torch.equal(got, want)
+    assert counted.n == steps - steps // (L // K)
+
+
+def test_draws_match_softmax_with_forbidden_token_and_per_row_streams():
+    """Chi-square of the float64 inverse-CDF draws against softmax(logits / T) over the tokens other than the
+    forbidden one, at T = 0.7 with 8 categories (df = 6), drawn through per-row generators (B = 4 rows)."""
+    logits = torch.tensor([3.0, 1.0, 0.5, -1.0, 0.0, 2.5, -4.0, 1.5])
+    T, B, n, forbid = 0.7, 4, 10_000, 5
+    gens = [torch.Generator().manual_seed(s) for s in range(B)]
+    u = torch.stack([torch.rand((n, 2), generator=g, dtype=torch.float64) for g in gens])
+    x0, conf = sample.propose(logits.expand(B, n, 8), T, "low_confidence", forbid=forbid, u=u)
+    assert not (x0 == forbid).any()
+    assert torch.allclose(conf, torch.softmax(logits, 0)[x0])  # confidence: the full, untempered softmax
+    counts = torch.bincount(x0.flatten(), minlength=8).double()
+    keep = torch.arange(8) != forbid
+    expected = B * n * torch.softmax(logits.double()[keep] / T, dim=0)
+    chi2 = ((counts[keep] - expected) ** 2 / expected).sum().item()
+    assert chi2 < 22.46  # p = 0.001 critical value for df = 6
