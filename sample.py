@@ -106,14 +106,16 @@ def _select(conf, masked, counts, threshold):
 @torch.no_grad()
 def generate(model, prompt_ids, *, gen_length, block_length, steps, temperature=0.0, remasking="low_confidence",
              hints=None, attention_mask=None, cfg_scale=0.0, generator=None, return_steps=False, mask_id=None,
-             early_exit=False, stop_ids=None, threshold=None, cache=None):
+             early_exit=False, stop_ids=None, threshold=None, cache=None, lockstep=None):
     """prompt_ids (B, P) -> (B, P + L). attention_mask (B, P): key padding of a left-padded prompt batch; None is
     the no-mask mode of the reference runs. hints (B, L): hint ids, mask id elsewhere. generator: a
     torch.Generator or a list of B of them. return_steps: also return (B, L) int, the step at which each generated
     token was committed (-1 for hints; with early exit the positions after the stop token hold the step at which
     the row left). early_exit: see the module docstring; stop_ids: the ids that end a row (default: EOS only; pass
     EOS and <|eot_id|> when the reader of the output cuts at either). threshold, cache: fast mode (module
-    docstring); None, None is LLaDA's sampler."""
+    docstring); None, None is LLaDA's sampler. lockstep: None, or f(need: bool) -> bool called by every process
+    at every step, True when any process needs that step's forward (under FSDP every rank must run every forward,
+    so a process whose rows have nothing to do runs a discarded one; igpo/eval pass an all_reduce of `need`)."""
     mask_id = model.config.mask_token_id if mask_id is None else mask_id
     eos = model.config.eos_token_id
     B, P = prompt_ids.shape
@@ -142,13 +144,18 @@ def generate(model, prompt_ids, *, gen_length, block_length, steps, temperature=
         s, e = P + b * block_length, P + (b + 1) * block_length
         counts = num_transfer_tokens(x[:, s:e] == mask_id, steps_per_block).tolist()  # B lists of steps_per_block
         # a block's draws are made at its start: one call per row and block, not per step (same stream per row)
-        u = _uniforms(generator, rows, len(out), (steps_per_block, block_length, 2), x.device) if draw else None
+        u = None
+        if draw and len(rows):
+            u = _uniforms(generator, rows, len(out), (steps_per_block, block_length, 2), x.device)
         kv = None  # fast mode's cache, recorded by the block's first forward
         for i in range(steps_per_block):
             masked = x[:, s:e] == mask_id  # (B, K)
             k = [row[i] for row in counts]
-            if (threshold is None and max(k) == 0) or (threshold is not None and not masked.any()):
-                step += 1  # deviation 6 (fast mode: the block is done)
+            need = any(k) if threshold is None else bool(masked.any())  # no: deviation 6, or the block is done
+            if lockstep is not None and lockstep(need) and not need:
+                model(out[:1])
+            if not need:
+                step += 1
                 continue
             if cache is None:
                 logits = _forward(model, x, am, P, cfg_scale, mask_id)[:, s:e]  # (B, K, V)
@@ -180,9 +187,9 @@ def generate(model, prompt_ids, *, gen_length, block_length, steps, temperature=
                     u = None if u is None else u[keep]
                     am = None if am is None else am[keep]
                     kv = None if kv is None else [[t[keep] for t in layer] for layer in kv]
-                    if not len(rows):
+                    if not len(rows) and lockstep is None:
                         break
-        if not len(rows):
+        if not len(rows) and lockstep is None:
             break
     out[rows], out_steps[rows] = x, committed
     assert not (out[:, P:] == mask_id).any(), "masks left after the last step"

@@ -163,3 +163,20 @@ def test_cache_with_cfg_is_refused(tiny_model):
     with pytest.raises(ValueError, match="cache"):
         sample.generate(tiny_model, torch.randint(2, 120, (1, 4)), gen_length=8, block_length=8, steps=8,
                         cfg_scale=1.0, cache="dual")
+
+
+@pytest.mark.parametrize("threshold", [None, 0.5])
+def test_lockstep_runs_every_forward_without_changing_the_result(tiny_model, threshold):
+    """Another process that always needs a forward (FSDP): this one then calls the model at every step, even with
+    all its rows finished or its block done, and its result is unchanged."""
+    prompt = torch.randint(20, 120, (3, 5))
+    hints = torch.full((3, 24), 127)
+    hints[:, 8:16] = 50  # a fully hinted block: its steps have nothing to do here
+    kw = dict(gen_length=24, block_length=8, steps=12, temperature=1.0, hints=hints, early_exit=True,
+              stop_ids=STOPS, threshold=threshold, return_steps=True)
+    alone, synced = Counted(tiny_model), Counted(tiny_model)
+    a = sample.generate(alone, prompt, generator=torch.Generator().manual_seed(1), **kw)
+    b = sample.generate(synced, prompt, generator=torch.Generator().manual_seed(1), lockstep=lambda need: True,
+                        **kw)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert alone.n < synced.n == (12 if threshold is None else 24)
