@@ -142,7 +142,7 @@ class Block(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None and not cache:  # record the whole canvas's keys/values (after RoPE, before GQA repeat)
             cache += [k, v]
-        elif cache is not None:  # x is positions start..start+L of the canvas: fresh k, v there, recorded ones elsewhere
+        elif cache is not None:  # x is the canvas's positions start..start+L: fresh k, v there, recorded elsewhere
             k = torch.cat([cache[0][:, :, :start], k, cache[0][:, :, start + L:]], dim=2)
             v = torch.cat([cache[1][:, :, :start], v, cache[1][:, :, start + L:]], dim=2)
         if self.n_kv_heads != self.n_heads:

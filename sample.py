@@ -14,7 +14,11 @@ any block's transfer budget: the sampler denoises only the remaining masks, as t
 
 Early exit (`early_exit=True`, off by default): a committed token never changes, so once every position up to a
 stop token (EOS) of a row is committed, the row's text up to that EOS is final. The row then leaves the batch (its
-rows of the canvas, cache and generators are dropped; the other rows never read it) and the rest of it is EOS.
+rows of the canvas, cache and generators are dropped; the other rows never read it), and its positions still
+masked become EOS, committed at the step it left (tokens already committed after the stop stay, so `return_steps`
+still describes the canvases the sampler really saw).
+Exact in arithmetic and token-identical on CPU (tests); on a GPU a smaller batch may round differently, as any
+change of micro-batch size does.
 
 Fast mode (off by default; Fast-dLLM, arXiv 2505.22618, written from its description): `threshold` commits every
 masked position of the block with confidence >= threshold, at least the most confident one, each step (a block
@@ -28,8 +32,10 @@ Deviations from LLaDA's generate.py (token-identical at temperature 0 on an fp32
  2. A proposal at T > 0 is drawn by inverse CDF from softmax(logits / T) computed in float64, with one float64
     uniform per position. The reference draws the same distribution by Gumbel-max with V float64 uniforms per
     position (exp(logits) / (-log u)^T): same distribution (chi-square test), 1 instead of V random numbers, but
-    a different random stream. Each row draws from its own generator when `generator` is a list; a single
-    generator draws for every row of the original batch, so early exit never shifts the other rows' draws.
+    a different random stream. Rounding in the float64 cumulative sum moves a token's probability by at most
+    ~V * 2^-53 of the total (1e-11 at V = 126k), far below the float32-Gumbel truncation that made LLaDA use
+    float64. Each row draws from its own generator when `generator` is a list; a single generator draws for
+    every row of the original batch, so early exit never shifts the other rows' draws.
  3. The low-confidence probabilities are a float32 softmax (the reference uses the model dtype, bf16 on GPU).
  4. With cfg_scale > 0 only the prompt is masked in the unconditional branch (hints stay, they are part of x).
  5. The mask token itself is never proposed. The reference can commit it (then the canvas keeps a mask forever);
@@ -111,11 +117,12 @@ def generate(model, prompt_ids, *, gen_length, block_length, steps, temperature=
     the no-mask mode of the reference runs. hints (B, L): hint ids, mask id elsewhere. generator: a
     torch.Generator or a list of B of them. return_steps: also return (B, L) int, the step b * steps_per_block + i
     at which each generated token was committed (fast mode: steps_per_block = block_length; -1 for hints; with
-    early exit the positions after the stop token hold the step at which the row left). early_exit: see the module docstring; stop_ids: the ids that end a row (default: EOS only; pass
-    EOS and <|eot_id|> when the reader of the output cuts at either). threshold, cache: fast mode (module
-    docstring); None, None is LLaDA's sampler. lockstep: None, or f(need: bool) -> bool called by every process
-    at every step, True when any process needs that step's forward (under FSDP every rank must run every forward,
-    so a process whose rows have nothing to do runs a discarded one; igpo/eval pass an all_reduce of `need`)."""
+    early exit, the positions still masked when the row left hold that step). early_exit: see the module
+    docstring; stop_ids: the ids that end a row (default: EOS only; pass EOS and <|eot_id|> when the reader of
+    the output cuts at either). threshold, cache: fast mode (module docstring); None, None is LLaDA's sampler.
+    lockstep: None, or f(need: bool) -> bool called by every process at every step, True when any process needs
+    that step's forward (under FSDP every rank must run every forward, so a process whose rows have nothing to do
+    runs a discarded one; igpo/eval pass an all_reduce of `need`)."""
     mask_id = model.config.mask_token_id if mask_id is None else mask_id
     eos = model.config.eos_token_id
     B, P = prompt_ids.shape
@@ -181,10 +188,9 @@ def generate(model, prompt_ids, *, gen_length, block_length, steps, temperature=
                 hit = final & torch.isin(gen, stops)
                 done = hit.any(dim=1)
                 if done.any():
-                    first = hit.int().argmax(dim=1)  # the first final stop token
-                    after = torch.arange(gen_length, device=x.device)[None, :] > first[:, None]
-                    gen.masked_fill_(after & done[:, None], eos)
-                    committed.masked_fill_(after & done[:, None], step - 1)
+                    fill = done[:, None] & (gen == mask_id)  # all after the stop; committed tokens stay as sampled
+                    gen.masked_fill_(fill, eos)
+                    committed.masked_fill_(fill, step - 1)
                     out[rows[done]], out_steps[rows[done]] = x[done], committed[done]
                     keep = ~done
                     x, committed, rows = x[keep], committed[keep], rows[keep]
