@@ -68,3 +68,19 @@ def parse_config(cls, presets, argv=None, doc=""):
         if getattr(args, f.name) is not None:
             setattr(cfg, f.name, getattr(args, f.name))
     return cfg
+
+
+def all_sum(t):
+    """A tensor summed over ranks (itself without a process group)."""
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+def all_max(n, device):
+    """The largest int n over ranks: ranks that must run the same number of forwards agree on it."""
+    if not dist.is_initialized():
+        return n
+    t = torch.tensor(n, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t)

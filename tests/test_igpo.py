@@ -53,21 +53,34 @@ def test_all_wrong_ignores_format():
 
 
 def test_replacement_only_correct_and_at_most_floor_lambda_g():
-    G, L = 8, 5
+    G = 8
     for n_correct, lam, want in [(0, 0.5, 0), (2, 0.5, 2), (7, 0.5, 4), (8, 0.3, 2), (3, 0.0, 0)]:
-        comp, correct, total = torch.zeros(G, L, dtype=torch.long), torch.zeros(G), torch.full((G,), 0.25)
-        hint = torch.zeros(G, L, dtype=torch.bool)
         new_correct = torch.zeros(G)
         new_correct[torch.randperm(G)[:n_correct]] = 3.0
-        new_comp = torch.arange(G)[:, None].expand(G, L) + 100  # row r of the inpainted batch is all (100 + r)
-        new = (new_comp, new_correct, new_correct + 0.5, torch.ones(G, L, dtype=torch.bool))
-        K = igpo.replace_wrong(comp, correct, total, hint, new, lam, torch.Generator().manual_seed(0))
+        pick = igpo.pick_replacements(new_correct, lam, torch.Generator().manual_seed(0))
+        K = len(pick)
         assert K == want == min(n_correct, math.floor(lam * G))
-        assert (correct[:K] == 3.0).all() and (correct[K:] == 0).all() and (total[:K] == 3.5).all()
-        for r in range(K):  # every replacement is a verified-correct inpainted rollout, none used twice
-            assert new_correct[comp[r, 0] - 100] == 3.0
-        assert len(set(comp[:K, 0].tolist())) == K and (comp[K:] == 0).all()
-        assert hint[:K].all() and not hint[K:].any()
+        assert (new_correct[pick] == 3.0).all()  # every replacement is a verified-correct inpainted rollout
+        assert len(set(pick.tolist())) == K  # none used twice
+
+
+def test_rescue_overwrites_the_first_k_rows_of_all_wrong_groups_only(task_ckpt, monkeypatch):
+    cfg = small_cfg(task_ckpt, G=4, lam=0.5)
+    G, L = 4, 5
+    comp = torch.zeros(2 * G, L, dtype=torch.long)
+    correct = torch.tensor([0.0] * G + [3.0, 0, 0, 0])  # group 0 all wrong, group 1 not
+    b = igpo.Batch(idx=0, prompt=None, attn=None, comp=comp, correct=correct, reward=correct + 0.25,
+                   correct_policy=correct.clone(), hint=torch.zeros(2 * G, L, dtype=torch.bool),
+                   replaced=torch.zeros(2 * G, dtype=torch.bool))
+    new_correct = torch.tensor([0.0, 3.0, 3.0, 3.0])
+    hinted = (torch.arange(G)[:, None].expand(G, L) + 100, new_correct, new_correct + 0.5,
+              torch.ones(G, L, dtype=torch.bool))  # row r of the inpainted batch is all (100 + r)
+    monkeypatch.setattr(igpo, "inpaint_groups", lambda pol, tok, groups, *a: (
+        hinted if [gi for gi, _ in groups] == [0] else pytest.fail(f"inpainted {groups}")))
+    rows, new_comp, new_c, new_t, new_h = igpo.rescue(None, None, [{}, {}], b, cfg, first=0)
+    assert rows.tolist() == [0, 1]  # K = min(3 correct, floor(0.5 * 4)) = 2, the first rows of group 0
+    assert (new_c == 3.0).all() and (new_t == 3.5).all() and new_h.all()
+    assert len(set(new_comp[:, 0].tolist())) == 2 and all(new_correct[c - 100] == 3.0 for c in new_comp[:, 0])
 
 
 def test_loss_mask_stops_after_first_eos():
@@ -134,22 +147,21 @@ def test_token_logps_match_plain_log_softmax(task_ckpt):
 
 def _grads_after_update(cfg, b, pol, j=0):
     pol.zero_grad()
-    igpo.update(pol, None, b, j, cfg, world=1)
+    igpo.update(pol, b, j, cfg, world=1)
     return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in pol.parameters()]
 
 
 def _batch(task_ckpt, cfg):
     pol, tok = M.load(task_ckpt)
     items = data.task_splits()["rl"][:cfg.prompts_per_step]
-    b, m = igpo.make_batch(pol, None, tok, items, data.task_messages, cfg, 0, 0, 0, torch.device("cpu"))
-    b["idx"] = 0
-    return pol, b, m
+    b = igpo.make_batch(pol, None, tok, items, data.task_messages, cfg, 0, 0, torch.device("cpu"), {})
+    return pol, b, igpo.batch_stats(b, cfg)
 
 
 def test_update_does_not_depend_on_micro_batches_and_old_uses_same_masks(task_ckpt):
     cfg = small_cfg(task_ckpt, p_mask_prompt=0.5)
     pol, b, m = _batch(task_ckpt, cfg)
-    b["adv"] = torch.linspace(-1, 1, len(b["adv"]))  # a signal in every row, whatever the rewards were
+    b.adv = torch.linspace(-1, 1, len(b.adv))  # a signal in every row, whatever the rewards were
     g8 = _grads_after_update(cfg, b, pol, j=1)
     cfg.micro_batch = 3
     g3 = _grads_after_update(cfg, b, pol, j=1)
@@ -158,23 +170,25 @@ def test_update_does_not_depend_on_micro_batches_and_old_uses_same_masks(task_ck
     assert any(g.abs().sum() > 0 for g in g8)
     # before any step the current policy equals the old one under the same mask seed: ratio 1 everywhere, so the
     # loss is exactly -sum(A * kept) / n_kept (it would not be with a different prompt mask)
-    s = igpo.update(pol, None, b, 1, cfg, world=1)
-    keep = b["lmask"] & igpo.inpaint.entropy_filter(b["ent"][1], b["hint"], cfg.tau)
-    assert s["clipped"] == 0
-    assert s["loss"] == pytest.approx(-(b["adv"][:, None] * keep).sum().item() / keep.sum().item(), abs=1e-6)
+    s = igpo.update(pol, b, 1, cfg, world=1)
+    keep = b.lmask & igpo.inpaint.entropy_filter(b.ent[1], b.hint, cfg.tau)
+    assert s["clip_frac"][0] == 0
+    loss = s["loss"][0] / s["loss"][1]
+    assert loss == pytest.approx(-(b.adv[:, None] * keep).sum().item() / keep.sum().item(), abs=1e-6)
 
 
 def test_all_equal_group_contributes_exactly_zero_gradient(task_ckpt):
     cfg = small_cfg(task_ckpt, beta=0.0)
     pol, b, m = _batch(task_ckpt, cfg)
-    b["adv"] = igpo.group_advantages(torch.tensor([0.25] * 4 + [3.0, 0.0, 0.0, 0.0]), 4)  # group 0: failed rescue
-    b["comp"][4:] = b["comp"][:4]  # identical completions and prompts: only the advantages differ
-    b["prompt"][4:], b["attn"][4:], b["lmask"][4:], b["hint"][4:] = b["prompt"][:4], b["attn"][:4], b["lmask"][:4], b["hint"][:4]
+    b.adv = igpo.group_advantages(torch.tensor([0.25] * 4 + [3.0, 0.0, 0.0, 0.0]), 4)  # group 0: failed rescue
+    b.comp[4:] = b.comp[:4]  # identical completions and prompts: only the advantages differ
+    for name in ("prompt", "attn", "lmask", "hint"):
+        getattr(b, name)[4:] = getattr(b, name)[:4]
     for j in range(cfg.mu):
-        b["old"][j][4:], b["ent"][j][4:] = b["old"][j][:4], b["ent"][j][:4]
+        b.old[j][4:], b.ent[j][4:] = b.old[j][:4], b.ent[j][:4]
     both = _grads_after_update(cfg, b, pol)
-    b["adv"][:4] = 0.0
-    b["adv"][4:] = igpo.group_advantages(torch.tensor([3.0, 0.0, 0.0, 0.0]), 4)
+    b.adv[:4] = 0.0
+    b.adv[4:] = igpo.group_advantages(torch.tensor([3.0, 0.0, 0.0, 0.0]), 4)
     only_second = _grads_after_update(cfg, b, pol)
     for a, c in zip(both, only_second):
         assert torch.equal(a, c)  # the all-equal group adds nothing, not even rounding
