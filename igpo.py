@@ -55,7 +55,7 @@ import sft
 @dataclass
 class Config:
     model: str = "GSAI-ML/LLaDA-8B-Instruct"  # initial policy (HF dir or hub id; P starts from the SFT model)
-    data: str = "math"                 # training prompts: math (MATH train) | gsm8k | task (embedded RL split)
+    data: str = "math"                 # training prompts: math (MATH train; O: MetaMathQA) | gsm8k | task (embedded)
     out_dir: str = "runs/igpo"         # metrics.jsonl, config.json, checkpoints
     steps: int = 1000                  # optimizer steps = rollout batches x mu
     prompts_per_step: int = 64         # prompts per rollout batch, global (any world size)
@@ -71,12 +71,14 @@ class Config:
     lam: float = 0.5                   # replace at most floor(lam * G) wrong rollouts per group (P: lambda; O: 4 of 8)
     tau: float = 0.2                   # keep the top-tau fraction of hint tokens by entropy (P, O)
     stretch: bool = False              # O's stretched hint placement instead of P's same-index placement
+    rechunk: bool = True               # O: each hinted rollout chunks the trace anew; off = one chunking per group
     reserve: int = 30                  # last positions of the window never hinted (O)
     reveal_last: bool = False          # on = O: always reveal the trace's last chunk, final answer included
     mu: int = 4                        # inner updates per rollout batch (O: num_iterations)
     eps: float = 0.2                   # clip range of the ratio (P, O)
     beta: float = 0.01                 # k3 KL weight to the reference policy; 0 = no reference model (O)
-    ratio: str = "token"               # importance ratio: token (GRPO) | sequence (GSPO: exp of mean log-ratio)
+    ratio: str = "sequence_all"        # importance ratio: token | sequence (GSPO, mean log-ratio over kept tokens)
+                                       # | sequence_all (O's use_gspo: mean over all gen_length positions)
     p_mask_prompt: float = 0.0         # prompt-token mask probability in the log-prob forward (d1 option)
     post_eos: bool = False             # on = O: tokens after the first EOS stay in the loss
     lr: float = 5e-7                   # AdamW peak lr, constant after warmup (O)
@@ -86,6 +88,7 @@ class Config:
     warmup: int = 50                   # linear lr warmup, optimizer steps (O)
     correct_weight: float = 3.0        # correctness reward (O)
     format_weight: float = 1.0         # scale of reward.format_reward (O: 0.125 per tag + 0.25 for \boxed)
+    reward_rule: str = "official"      # correctness: official (O: first \boxed, 0 without) | lenient (eval.py's)
     bf16: bool = True                  # bf16 autocast on GPU; ignored on CPU
     grad_ckpt: bool = True             # activation checkpointing per block (needed at 8B)
     seed: int = 0                      # data order, rollouts, hints, mask seeds
@@ -102,7 +105,7 @@ PRESETS = {
                  block_length=data.TASK_SAMPLING["block_length"], diffusion_steps=data.TASK_SAMPLING["steps"],
                  temperature=data.TASK_SAMPLING["temperature"], chunk=(2, 4), reserve=data.TASK_HINT_RESERVE,
                  lr=1e-4, warmup=5, grad_clip=1.0, grad_ckpt=False, save_every=40, eval_every=0,
-                 eval_limit=500),
+                 eval_limit=500, ratio="token"),
     "paper": dict(),
 }
 
@@ -133,7 +136,7 @@ def roll_out(policy, tok, items, messages, cfg, batch_idx, first, device):
     G = cfg.G
     convs = [messages(it["question"]) for it in items for _ in range(G)]
     prompt, attn = M.encode_chat(tok, convs, device=device)
-    seeds = [mix(cfg.seed, batch_idx, first * G + r) for r in range(len(convs))]
+    seeds = [launch.seed(cfg.seed, "rollout", batch_idx, first * G + r) for r in range(len(convs))]
     comp = sample_rows(policy, prompt, attn, cfg, seeds)                                    # (B, L)
     correct, total = rewards(tok, comp.cpu(), [it["answer"] for it in items for _ in range(G)], cfg)
     no = torch.zeros_like(comp, dtype=torch.bool)
@@ -156,15 +159,11 @@ def sample_rows(policy, prompt_ids, prompt_attn, cfg, seeds, hints=None):
 
 def rewards(tok, completions, golds, cfg):
     """(correctness (B,), total reward (B,)) of completion ids (B, L) against gold answers."""
-    texts = [tok.decode(c, skip_special_tokens=True) for c in completion_ids_to_eos(completions, tok.eos_token_id)]
-    correct = torch.tensor([reward.correctness_reward(t, g, weight=cfg.correct_weight) for t, g in zip(texts, golds)])
+    texts = [tok.decode(sample.until_stop(c, {tok.eos_token_id}), skip_special_tokens=True) for c in completions]
+    correct = torch.tensor([reward.correctness_reward(t, g, weight=cfg.correct_weight, rule=cfg.reward_rule)
+                            for t, g in zip(texts, golds)])
     fmt = torch.tensor([reward.format_reward(t) for t in texts])
     return correct, correct + cfg.format_weight * fmt
-
-
-def completion_ids_to_eos(completions, eos_id):
-    """Each row cut at its first EOS (the answer a reader sees)."""
-    return [row[:int((row == eos_id).nonzero()[0])] if (row == eos_id).any() else row for row in completions]
 
 
 # -------------------------------------------------------------------------- 2. rescue all-wrong groups (IGPO)
@@ -185,7 +184,7 @@ def rescue(policy, tok, items, b, cfg, first):
     rows, src = [], []
     for k, gi in enumerate(groups):
         new_correct = hinted[1][k * G:(k + 1) * G]
-        gen = torch.Generator().manual_seed(mix(cfg.seed, b.idx, first + gi, 1))
+        gen = torch.Generator().manual_seed(launch.seed(cfg.seed, "pick", b.idx, first + gi))
         pick = pick_replacements(new_correct, cfg.lam, gen)                                 # (K,)
         rows += range(gi * G, gi * G + len(pick))  # all originals are wrong: overwrite the first K of the group
         src += (k * G + pick).tolist()
@@ -209,14 +208,14 @@ def inpaint_groups(policy, tok, groups, prompt_ids, prompt_attn, cfg, batch_idx,
     hints, masks, seeds, golds = [], [], [], []
     for gi, item in groups:
         trace, answer_start = reference_trace(tok, item)
-        gen = torch.Generator().manual_seed(mix(cfg.seed, batch_idx, first + gi, 2))
+        gen = torch.Generator().manual_seed(launch.seed(cfg.seed, "hints", batch_idx, first + gi))
         h, hm, _ = inpaint.build_hints(trace, G, L, mask_id, gen=gen, answer_start=answer_start,
                                        s_min=cfg.chunk[0], s_max=cfg.chunk[1], eta_low=cfg.eta[0],
                                        eta_high=cfg.eta[1], stretch=cfg.stretch, reserve=cfg.reserve,
-                                       reveal_last=cfg.reveal_last)
+                                       reveal_last=cfg.reveal_last, rechunk=cfg.rechunk)
         hints.append(h)
         masks.append(hm)
-        seeds += [mix(cfg.seed, batch_idx, (first + gi) * G + r, 3) for r in range(G)]
+        seeds += [launch.seed(cfg.seed, "inpaint", batch_idx, (first + gi) * G + r) for r in range(G)]
         golds += [item["answer"]] * G
     n = len(groups) * G
     n_max = launch.all_max(n, prompt_ids.device)
@@ -268,7 +267,7 @@ def old_logps(policy, ref, b, cfg):
 
 def logp_input(b, j, cfg, mask_id):
     """(input (B, P + L), key-padding mask (B, P + L)) of the log-prob forward of iteration j."""
-    x = masked_input(b.prompt, b.comp, mask_id, cfg.p_mask_prompt, mix(cfg.seed, b.idx, j))
+    x = masked_input(b.prompt, b.comp, mask_id, cfg.p_mask_prompt, launch.seed(cfg.seed, "mask", b.idx, j))
     return x, torch.cat([b.attn, torch.ones_like(b.comp)], dim=1)
 
 
@@ -338,7 +337,7 @@ def make_batch(policy, ref, tok, items, messages, cfg, batch_idx, first, device,
 def update(policy, b, j, cfg, world):
     """Forward/backward of the loss of iteration j over this rank's micro-batches; gradients accumulate. The
     optimizer step is the caller's. Returns loss-side statistics as (sum, count) pairs."""
-    keep = b.lmask & inpaint.entropy_filter(b.ent[j], b.hint, cfg.tau)  # hint tokens: top-tau by entropy
+    keep = b.lmask & inpaint.entropy_filter(b.ent[j], b.hint & b.lmask, cfg.tau)  # hint tokens: top-tau by entropy
     n_total = launch.all_sum(keep.sum().float()).clamp(min=1)  # kept tokens of the global batch
     x, attn = logp_input(b, j, cfg, policy.config.mask_token_id)
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and x.device.type == "cuda")
@@ -364,9 +363,13 @@ def grpo_loss(logp, old_logp, ref_logp, adv, keep, n_total, eps, beta, ratio="to
     """Sum over kept tokens of the clipped surrogate + k3 KL, divided by n_total (the kept tokens of the global
     batch). logp/old_logp/ref_logp (B, L), adv (B,), keep (B, L) bool. Returns (loss, stats)."""
     log_ratio = logp - old_logp
-    if ratio == "sequence":  # GSPO: s_i = exp(mean_t log ratio), one ratio per sequence
+    if ratio == "sequence":  # GSPO: s_i = exp(mean_t log ratio) over the kept tokens, one ratio per sequence
         n_i = keep.sum(1, keepdim=True).clamp(min=1)
         log_ratio = ((log_ratio * keep).sum(1, keepdim=True) / n_i).expand_as(logp)
+    elif ratio == "sequence_all":  # O's GSPO: the mean runs over all L positions, dropped tokens get gradient too
+        log_ratio = log_ratio.mean(1, keepdim=True).expand_as(logp)
+    else:
+        assert ratio == "token", ratio
     rho = log_ratio.exp()
     a = adv[:, None]
     surrogate = torch.min(rho * a, rho.clamp(1 - eps, 1 + eps) * a)                        # Eq. (3), per token
@@ -383,19 +386,9 @@ def grpo_loss(logp, old_logp, ref_logp, adv, keep, n_total, eps, beta, ratio="to
 
 # ------------------------------------------------------------------------------------------------ training
 
-def mix(*xs):
-    """A deterministic 62-bit seed from integers (Python's hash() of str is salted per process)."""
-    h = 1469598103934665603
-    for x in xs:
-        h = (h ^ (int(x) & 0xFFFFFFFFFFFF)) * 1099511628211 % 2**62
-    return h
-
-
 def lr_at(step, cfg):
     """Linear warmup, then linear decay to 0 (O: the HF Trainer default schedule)."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    return cfg.lr * max(0.0, (cfg.steps - step) / max(1, cfg.steps - cfg.warmup))
+    return launch.lr_at(step, cfg.steps, cfg.lr, cfg.warmup, decay="linear")
 
 
 def load_prompts(cfg):
@@ -405,19 +398,12 @@ def load_prompts(cfg):
 
 
 def batch_items(items, batch_idx, cfg, rank, world):
-    """This rank's prompts of rollout batch `batch_idx` and the global position of the first one: one seeded
-    permutation per epoch, consecutive global slices, each rank a contiguous share (all G rollouts of a prompt
-    stay on one rank)."""
+    """This rank's prompts of rollout batch `batch_idx` and the global position of the first one: consecutive
+    global slices of the seeded data order, each rank a contiguous share (all G rollouts of a prompt stay on one
+    rank)."""
     per_rank = cfg.prompts_per_step // world
-    n, first = len(items), batch_idx * cfg.prompts_per_step + rank * per_rank
-    perms = {}
-    out = []
-    for pos in range(first, first + per_rank):
-        epoch = pos // n
-        if epoch not in perms:
-            perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(mix(cfg.seed, epoch))).tolist()
-        out.append(items[perms[epoch][pos % n]])
-    return out, first
+    first = batch_idx * cfg.prompts_per_step + rank * per_rank
+    return [items[i] for i in launch.data_order(len(items), cfg.seed, range(first, first + per_rank))], first
 
 
 def build(cfg, device):
@@ -447,6 +433,8 @@ def looks_local(path):
 def train(cfg):
     rank, world, device = launch.setup_dist()
     log = print if rank == 0 else (lambda *a, **k: None)
+    assert cfg.ratio in ("token", "sequence", "sequence_all"), f"--ratio {cfg.ratio}: token | sequence | sequence_all"
+    assert cfg.reward_rule in reward.RULES, f"--reward_rule {cfg.reward_rule}: one of {reward.RULES}"
     assert cfg.prompts_per_step % world == 0, "prompts_per_step must be divisible by the world size"
     assert cfg.steps % cfg.mu == 0, "steps must be a multiple of mu (one rollout batch serves mu steps)"
     log(json.dumps(asdict(cfg), indent=1))
@@ -491,7 +479,7 @@ def train(cfg):
             bar.set_postfix({k: f"{row[k]:.3g}" for k in SHOWN if k in row})
         last = step + 1 == cfg.steps
         if (step + 1) % cfg.save_every == 0 or last:
-            save(policy, tok, cfg, step + 1, rank)
+            save(policy, tok, cfg, step + 1)
         if cfg.eval_limit and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
             res = evaluate(policy, tok, cfg)
             lo, hi = res["ci95"]
@@ -503,17 +491,10 @@ def train(cfg):
         dist.destroy_process_group()
 
 
-def save(policy, tok, cfg, step, rank):
-    """HF-format checkpoint of the policy at out_dir/step-N (atomic: model.save writes a temp dir and renames)."""
-    sd = launch.full_state_dict(policy)
-    if rank == 0:
-        with torch.device("meta"):
-            plain = M.LLaDA(policy.config)
-        plain.load_state_dict(sd, assign=True)
-        M.save(plain, tok, os.path.join(cfg.out_dir, f"step-{step}"),
-               extra_files={"igpo_config.json": asdict(cfg), "trainer_state.json": {"step": step}})
-    if dist.is_initialized():
-        dist.barrier()
+def save(policy, tok, cfg, step):
+    """HF-format checkpoint of the policy at out_dir/step-N, written atomically (launch.save_checkpoint)."""
+    launch.save_checkpoint(policy, tok, os.path.join(cfg.out_dir, f"step-{step}"),
+                           extra_files={"igpo_config.json": asdict(cfg), "trainer_state.json": {"step": step}})
 
 
 def evaluate(policy, tok, cfg):
