@@ -56,6 +56,7 @@ import sft
 class Config:
     model: str = "GSAI-ML/LLaDA-8B-Instruct"  # initial policy (HF dir or hub id; P starts from the SFT model)
     data: str = "math"                 # training prompts: math (MATH train; O: MetaMathQA) | gsm8k | task (embedded)
+    max_prompts: int = 0               # train on the first N prompts only (0 = all; bench/overfit.py uses 16)
     out_dir: str = "runs/igpo"         # metrics.jsonl, config.json, checkpoints
     steps: int = 1000                  # optimizer steps = rollout batches x mu
     prompts_per_step: int = 64         # prompts per rollout batch, global (any world size)
@@ -79,6 +80,9 @@ class Config:
     beta: float = 0.01                 # k3 KL weight to the reference policy; 0 = no reference model (O)
     ratio: str = "sequence_all"        # importance ratio: token | sequence (GSPO, mean log-ratio over kept tokens)
                                        # | sequence_all (O's use_gspo: mean over all gen_length positions)
+    logp: str = "d1"                   # log-prob estimator: d1 (P, O: completion fully masked) | trajectory (each
+                                       # token scored in the canvas the sampler committed it in, as TraceRL)
+    logp_group: int = 1                # trajectory: sampler steps scored per forward (steps per block = block TF)
     p_mask_prompt: float = 0.0         # prompt-token mask probability in the log-prob forward (d1 option)
     post_eos: bool = False             # on = O: tokens after the first EOS stay in the loss
     lr: float = 5e-7                   # AdamW peak lr, constant after warmup (O)
@@ -117,6 +121,7 @@ class Batch:
     prompt: torch.Tensor          # (B, P) left-padded prompt ids
     attn: torch.Tensor            # (B, P) prompt key-padding mask
     comp: torch.Tensor            # (B, L) completions, wrong ones replaced by verified inpainted ones
+    order: torch.Tensor           # (B, L) sampler step at which each token was committed (-1: hint)
     correct: torch.Tensor         # (B,) correctness reward of comp
     reward: torch.Tensor          # (B,) total reward of comp (correctness + format)
     correct_policy: torch.Tensor  # (B,) correctness of the on-policy rollouts, before any replacement
@@ -137,24 +142,27 @@ def roll_out(policy, tok, items, messages, cfg, batch_idx, first, device):
     convs = [messages(it["question"]) for it in items for _ in range(G)]
     prompt, attn = M.encode_chat(tok, convs, device=device)
     seeds = [launch.seed(cfg.seed, "rollout", batch_idx, first * G + r) for r in range(len(convs))]
-    comp = sample_rows(policy, prompt, attn, cfg, seeds)                                    # (B, L)
+    comp, order = sample_rows(policy, prompt, attn, cfg, seeds)                             # (B, L) each
     correct, total = rewards(tok, comp.cpu(), [it["answer"] for it in items for _ in range(G)], cfg)
     no = torch.zeros_like(comp, dtype=torch.bool)
-    return Batch(idx=batch_idx, prompt=prompt, attn=attn, comp=comp, correct=correct, reward=total,
+    return Batch(idx=batch_idx, prompt=prompt, attn=attn, comp=comp, order=order, correct=correct, reward=total,
                  correct_policy=correct.clone(), hint=no, replaced=torch.zeros(len(comp), dtype=torch.bool))
 
 
 def sample_rows(policy, prompt_ids, prompt_attn, cfg, seeds, hints=None):
-    """One completion per row (B, L); each row has its own generator seed, so a rollout is reproducible."""
-    out = []
+    """One completion per row and the step at which each token was committed, (B, L) each; each row has its own
+    generator seed, so a rollout is reproducible."""
+    out, order = [], []
     for k in range(0, len(prompt_ids), cfg.micro_batch):
         sl = slice(k, k + cfg.micro_batch)
         gens = [torch.Generator(prompt_ids.device).manual_seed(s) for s in seeds[sl]]
-        x = sample.generate(policy, prompt_ids[sl], attention_mask=prompt_attn[sl], gen_length=cfg.gen_length,
-                            block_length=cfg.block_length, steps=cfg.diffusion_steps, temperature=cfg.temperature,
-                            hints=None if hints is None else hints[sl], generator=gens)
+        x, steps = sample.generate(policy, prompt_ids[sl], attention_mask=prompt_attn[sl], gen_length=cfg.gen_length,
+                                   block_length=cfg.block_length, steps=cfg.diffusion_steps,
+                                   temperature=cfg.temperature, hints=None if hints is None else hints[sl],
+                                   generator=gens, return_steps=True)
         out.append(x[:, prompt_ids.shape[1]:])
-    return torch.cat(out)
+        order.append(steps)
+    return torch.cat(out), torch.cat(order)
 
 
 def rewards(tok, completions, golds, cfg):
@@ -176,21 +184,20 @@ def all_wrong(correct, G):
 def rescue(policy, tok, items, b, cfg, first):
     """Algorithm 1's inpainting step. Every all-wrong group is re-sampled G times with hints from its reference
     trace (inpaint.py), the new rollouts are verified, and up to ⌊λG⌋ correct ones are chosen. Returns the
-    replacement rows: (rows of b to overwrite (R,), completions (R, L), correctness (R,), reward (R,), hint mask
-    (R, L)). Called on every rank, also with no all-wrong group: FSDP needs every rank in every forward."""
+    replacement rows: (rows of b to overwrite (R,), completions (R, L), commit steps (R, L), correctness (R,),
+    reward (R,), hint mask (R, L)). Called on every rank, also with no all-wrong group: FSDP needs every rank in every forward."""
     G = cfg.G
     groups = all_wrong(b.correct, G).nonzero().squeeze(1).tolist()                          # where IGPO acts
     hinted = inpaint_groups(policy, tok, [(gi, items[gi]) for gi in groups], b.prompt, b.attn, cfg, b.idx, first)
     rows, src = [], []
     for k, gi in enumerate(groups):
-        new_correct = hinted[1][k * G:(k + 1) * G]
+        new_correct = hinted[2][k * G:(k + 1) * G]
         gen = torch.Generator().manual_seed(launch.seed(cfg.seed, "pick", b.idx, first + gi))
         pick = pick_replacements(new_correct, cfg.lam, gen)                                 # (K,)
         rows += range(gi * G, gi * G + len(pick))  # all originals are wrong: overwrite the first K of the group
         src += (k * G + pick).tolist()
     rows, src = torch.tensor(rows, dtype=torch.long), torch.tensor(src, dtype=torch.long)
-    comp, correct, total, hint = hinted
-    return rows, comp[src], correct[src], total[src], hint[src]
+    return (rows, *[t[src] for t in hinted])
 
 
 def pick_replacements(new_correct, lam, gen):
@@ -201,8 +208,8 @@ def pick_replacements(new_correct, lam, gen):
 
 
 def inpaint_groups(policy, tok, groups, prompt_ids, prompt_attn, cfg, batch_idx, first):
-    """G hinted rollouts for each (local group index, item) in `groups`: (completions (nG, L), correctness (nG,),
-    total reward (nG,), hint mask (nG, L)). Seeds use the global group index (first + local). Every rank samples
+    """G hinted rollouts for each (local group index, item) in `groups`: (completions (nG, L), commit steps (nG, L),
+    correctness (nG,), total reward (nG,), hint mask (nG, L)). Seeds use the global group index (first + local). Every rank samples
     the same number of rows, padding with discarded hint-free rows."""
     G, L, mask_id = cfg.G, cfg.gen_length, policy.config.mask_token_id
     hints, masks, seeds, golds = [], [], [], []
@@ -219,16 +226,17 @@ def inpaint_groups(policy, tok, groups, prompt_ids, prompt_attn, cfg, batch_idx,
         golds += [item["answer"]] * G
     n = len(groups) * G
     n_max = launch.all_max(n, prompt_ids.device)
-    empty = (torch.zeros(0, L, dtype=torch.long), torch.zeros(0), torch.zeros(0), torch.zeros(0, L, dtype=torch.bool))
+    no_rows = torch.zeros(0, L, dtype=torch.long)
+    empty = (no_rows, no_rows, torch.zeros(0), torch.zeros(0), torch.zeros(0, L, dtype=torch.bool))
     if n_max == 0:
         return empty
     rows = torch.cat([torch.arange(gi * G, gi * G + G) for gi, _ in groups] + [torch.zeros(n_max - n).long()])
     hints = torch.cat(hints + [torch.full((n_max - n, L), mask_id)]).to(prompt_ids.device)
-    comp = sample_rows(policy, prompt_ids[rows], prompt_attn[rows], cfg, seeds + [0] * (n_max - n), hints)[:n]
+    comp, order = sample_rows(policy, prompt_ids[rows], prompt_attn[rows], cfg, seeds + [0] * (n_max - n), hints)
     if n == 0:
         return empty
-    correct, total = rewards(tok, comp.cpu(), golds, cfg)
-    return comp, correct, total, torch.cat(masks).to(comp.device)
+    correct, total = rewards(tok, comp[:n].cpu(), golds, cfg)
+    return comp[:n], order[:n], correct, total, torch.cat(masks).to(comp.device)
 
 
 def reference_trace(tok, item):
@@ -252,23 +260,61 @@ def group_advantages(total, G):
 
 def old_logps(policy, ref, b, cfg):
     """Per iteration j of μ: old-policy log-probs and entropies, and reference log-probs, each (B, L), from the
-    masked input that the update of iteration j will use too."""
+    estimator inputs that the update of iteration j will use too (the same for every j unless d1 masks prompts)."""
     old, ent, refs = [], [], [] if ref is not None else None
     with torch.no_grad():
         for j in range(cfg.mu):
-            x, attn = logp_input(b, j, cfg, policy.config.mask_token_id)
-            lp, en = batched_logps(policy, x, attn, b.comp, cfg.micro_batch, with_entropy=True)
-            old.append(lp)
-            ent.append(en)
+            if j > 0 and not (cfg.logp == "d1" and cfg.p_mask_prompt > 0):  # same inputs as j = 0
+                old.append(old[0])
+                ent.append(ent[0])
+                refs is not None and refs.append(refs[0])
+                continue
+            inputs, attn = estimator_inputs(b, j, cfg, policy.config.mask_token_id)
+            parts = [estimate_logps(policy, inputs, attn, b.comp, slice(k, k + cfg.micro_batch), True)
+                     for k in range(0, len(b.comp), cfg.micro_batch)]
+            old.append(torch.cat([p[0] for p in parts]))
+            ent.append(torch.cat([p[1] for p in parts]))
             if ref is not None:
-                refs.append(batched_logps(ref, x, attn, b.comp, cfg.micro_batch)[0])
+                refs.append(torch.cat([estimate_logps(ref, inputs, attn, b.comp, slice(k, k + cfg.micro_batch))[0]
+                                       for k in range(0, len(b.comp), cfg.micro_batch)]))
     return old, ent, refs
 
 
-def logp_input(b, j, cfg, mask_id):
-    """(input (B, P + L), key-padding mask (B, P + L)) of the log-prob forward of iteration j."""
-    x = masked_input(b.prompt, b.comp, mask_id, cfg.p_mask_prompt, launch.seed(cfg.seed, "mask", b.idx, j))
-    return x, torch.cat([b.attn, torch.ones_like(b.comp)], dim=1)
+def estimator_inputs(b, j, cfg, mask_id):
+    """The log-prob estimator's forward inputs for iteration j: ([(input (B, P + L), scored (B, L) bool)],
+    key-padding mask (B, P + L)); every completion token is scored in exactly one input.
+    d1: one input, the completion fully masked (prompt tokens masked with p_mask_prompt under the seed of j).
+    trajectory: per group of `logp_group` sampler steps, the canvas before the group's first step (earlier
+    commits and hints visible, the rest masked), scoring the tokens committed in the group; hint tokens, which the
+    sampler never decided, are scored in a fully masked canvas. With one step per group this is the likelihood of
+    the sampler's own token choices (not of its choice of positions)."""
+    attn = torch.cat([b.attn, torch.ones_like(b.comp)], dim=1)
+    if cfg.logp == "d1":
+        x = masked_input(b.prompt, b.comp, mask_id, cfg.p_mask_prompt, launch.seed(cfg.seed, "mask", b.idx, j))
+        return [(x, torch.ones_like(b.comp, dtype=torch.bool))], attn
+    assert cfg.logp == "trajectory", cfg.logp
+    group = torch.where(b.order < 0, -1, torch.div(b.order, cfg.logp_group, rounding_mode="floor"))  # (B, L)
+    inputs = []
+    for k in group.unique().tolist():
+        start = -1 if k < 0 else k * cfg.logp_group
+        canvas = torch.where(b.order < start, b.comp, mask_id)                                   # (B, L)
+        inputs.append((torch.cat([b.prompt, canvas], dim=1), group == k))
+    return inputs, attn
+
+
+def estimate_logps(net, inputs, attn, comp, rows, with_entropy=False):
+    """(log π (R, L), entropy (R, L) or None) of comp[rows]: each token read off the input that scores it."""
+    logp = torch.zeros(comp[rows].shape, device=comp.device)
+    ent = torch.zeros_like(logp) if with_entropy else None
+    for x, scored in inputs:
+        if not scored[rows].any():
+            continue
+        out = token_logps(net, x[rows], attn[rows], comp[rows], with_entropy)
+        lp, en = out if with_entropy else (out, None)
+        logp = logp + torch.where(scored[rows], lp, 0.0)
+        if with_entropy:
+            ent = ent + torch.where(scored[rows], en, 0.0)
+    return logp, ent
 
 
 def masked_input(prompt_ids, completions, mask_id, p_mask_prompt, seed):
@@ -280,15 +326,6 @@ def masked_input(prompt_ids, completions, mask_id, p_mask_prompt, seed):
         drop = torch.rand(prompt_ids.shape, generator=g) < p_mask_prompt
         prompt = torch.where(drop.to(prompt_ids.device), mask_id, prompt_ids)
     return torch.cat([prompt, torch.full_like(completions, mask_id)], dim=1)
-
-
-def batched_logps(net, x, attn, comp, micro_batch, with_entropy=False):
-    """token_logps over micro-batches of rows: (log-probs (B, L), entropies (B, L) or None)."""
-    parts = [token_logps(net, x[k:k + micro_batch], attn[k:k + micro_batch], comp[k:k + micro_batch], with_entropy)
-             for k in range(0, len(comp), micro_batch)]
-    if not with_entropy:
-        return torch.cat(parts), None
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 def token_logps(net, x, attn, completions, with_entropy=False):
@@ -321,8 +358,8 @@ def make_batch(policy, ref, tok, items, messages, cfg, batch_idx, first, device,
         b = roll_out(policy, tok, items, messages, cfg, batch_idx, first, device)           # 1
     with timed(times, "t_inpaint"):
         if cfg.inpaint:
-            rows, comp, correct, total, hint = rescue(policy, tok, items, b, cfg, first)   # 2
-            b.comp[rows], b.correct[rows], b.reward[rows] = comp, correct, total
+            rows, comp, order, correct, total, hint = rescue(policy, tok, items, b, cfg, first)  # 2
+            b.comp[rows], b.order[rows], b.correct[rows], b.reward[rows] = comp, order, correct, total
             b.hint[rows] = hint
             b.replaced[rows] = True
     b.adv = group_advantages(b.reward, cfg.G).to(device)                                   # 3
@@ -339,16 +376,16 @@ def update(policy, b, j, cfg, world):
     optimizer step is the caller's. Returns loss-side statistics as (sum, count) pairs."""
     keep = b.lmask & inpaint.entropy_filter(b.ent[j], b.hint & b.lmask, cfg.tau)  # hint tokens: top-tau by entropy
     n_total = launch.all_sum(keep.sum().float()).clamp(min=1)  # kept tokens of the global batch
-    x, attn = logp_input(b, j, cfg, policy.config.mask_token_id)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and x.device.type == "cuda")
+    inputs, attn = estimator_inputs(b, j, cfg, policy.config.mask_token_id)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and attn.device.type == "cuda")
     sums = dict(loss=0.0, kl=0.0, clip_frac=0.0)
-    B, mb = len(x), cfg.micro_batch
+    B, mb = len(b.comp), cfg.micro_batch
     for k in range(0, B, mb):
         sl = slice(k, k + mb)
         if world > 1:
             policy.set_requires_gradient_sync(k + mb >= B)  # reduce-scatter once per step
         with amp:
-            logp = token_logps(policy, x[sl], attn[sl], b.comp[sl])
+            logp = estimate_logps(policy, inputs, attn, b.comp, sl)[0]
         ref = None if b.ref is None else b.ref[j][sl]
         loss, st = grpo_loss(logp, b.old[j][sl], ref, b.adv[sl], keep[sl], n_total, cfg.eps, cfg.beta, cfg.ratio)
         (loss * world).backward()  # FSDP averages gradients over ranks; the loss is already a global mean
@@ -392,9 +429,12 @@ def lr_at(step, cfg):
 
 
 def load_prompts(cfg):
+    """(training items, chat-message builder) of cfg.data, the first max_prompts of them when set."""
     if cfg.data == "task":
-        return data.task_splits()["rl"], data.task_messages
-    return data.load_split(cfg.data, "train"), data.build_messages
+        items, messages = data.task_splits()["rl"], data.task_messages
+    else:
+        items, messages = data.load_split(cfg.data, "train"), data.build_messages
+    return items[:cfg.max_prompts or None], messages
 
 
 def batch_items(items, batch_idx, cfg, rank, world):
@@ -434,6 +474,7 @@ def train(cfg):
     rank, world, device = launch.setup_dist()
     log = print if rank == 0 else (lambda *a, **k: None)
     assert cfg.ratio in ("token", "sequence", "sequence_all"), f"--ratio {cfg.ratio}: token | sequence | sequence_all"
+    assert cfg.logp in ("d1", "trajectory") and cfg.logp_group >= 1, f"--logp {cfg.logp}: d1 | trajectory"
     assert cfg.reward_rule in reward.RULES, f"--reward_rule {cfg.reward_rule}: one of {reward.RULES}"
     assert cfg.prompts_per_step % world == 0, "prompts_per_step must be divisible by the world size"
     assert cfg.steps % cfg.mu == 0, "steps must be a multiple of mu (one rollout batch serves mu steps)"

@@ -69,15 +69,16 @@ def test_rescue_overwrites_the_first_k_rows_of_all_wrong_groups_only(task_ckpt, 
     G, L = 4, 5
     comp = torch.zeros(2 * G, L, dtype=torch.long)
     correct = torch.tensor([0.0] * G + [3.0, 0, 0, 0])  # group 0 all wrong, group 1 not
-    b = igpo.Batch(idx=0, prompt=None, attn=None, comp=comp, correct=correct, reward=correct + 0.25,
+    b = igpo.Batch(idx=0, prompt=None, attn=None, comp=comp, order=comp, correct=correct, reward=correct + 0.25,
                    correct_policy=correct.clone(), hint=torch.zeros(2 * G, L, dtype=torch.bool),
                    replaced=torch.zeros(2 * G, dtype=torch.bool))
     new_correct = torch.tensor([0.0, 3.0, 3.0, 3.0])
-    hinted = (torch.arange(G)[:, None].expand(G, L) + 100, new_correct, new_correct + 0.5,
-              torch.ones(G, L, dtype=torch.bool))  # row r of the inpainted batch is all (100 + r)
+    new = torch.arange(G)[:, None].expand(G, L) + 100  # row r of the inpainted batch is all (100 + r)
+    hinted = (new, new - 100, new_correct, new_correct + 0.5, torch.ones(G, L, dtype=torch.bool))
     monkeypatch.setattr(igpo, "inpaint_groups", lambda pol, tok, groups, *a: (
         hinted if [gi for gi, _ in groups] == [0] else pytest.fail(f"inpainted {groups}")))
-    rows, new_comp, new_c, new_t, new_h = igpo.rescue(None, None, [{}, {}], b, cfg, first=0)
+    rows, new_comp, new_order, new_c, new_t, new_h = igpo.rescue(None, None, [{}, {}], b, cfg, first=0)
+    assert torch.equal(new_order + 100, new_comp)  # commit steps travel with their rows
     assert rows.tolist() == [0, 1]  # K = min(3 correct, floor(0.5 * 4)) = 2, the first rows of group 0
     assert (new_c == 3.0).all() and (new_t == 3.5).all() and new_h.all()
     assert len(set(new_comp[:, 0].tolist())) == 2 and all(new_correct[c - 100] == 3.0 for c in new_comp[:, 0])
@@ -297,3 +298,87 @@ def test_missing_model_is_a_clear_error_except_the_task_default(tmp_path):
     cfg = small_cfg(str(tmp_path / "checkpoints" / "typo"))
     with pytest.raises(SystemExit, match="typo"):
         igpo.build(cfg, torch.device("cpu"))
+
+
+def _trajectory_batch(task_ckpt, hinted):
+    """A 3-row batch sampled at T = 1 with the sampler's own per-step log-probs recorded by a forward hook."""
+    pol, tok = M.load(task_ckpt)
+    mask_id = pol.config.mask_token_id
+    prompt = torch.randint(10, 100, (3, 6))
+    attn = torch.ones_like(prompt)
+    hints = torch.full((3, 16), mask_id)
+    if hinted:
+        hints[1, [2, 3, 9]] = torch.tensor([40, 41, 42])
+    seen = []  # (canvas (B, P + L), log-probs (B, P + L, V)) of every sampler forward, in order
+    handle = pol.register_forward_hook(lambda m, args, out: seen.append((args[0].clone(), out.float().log_softmax(-1))))
+    gens = [torch.Generator().manual_seed(s) for s in range(3)]
+    x, order = igpo.sample.generate(pol, prompt, attention_mask=attn, gen_length=16, block_length=8, steps=8,
+                                    temperature=1.0, hints=hints, generator=gens, return_steps=True)
+    handle.remove()
+    comp = x[:, 6:]
+    b = igpo.Batch(idx=0, prompt=prompt, attn=attn, comp=comp, order=order, correct=None, reward=None,
+                   correct_policy=None, hint=hints != mask_id, replaced=None)
+    return pol, b, seen
+
+
+@pytest.mark.parametrize("hinted", [False, True])
+def test_trajectory_logps_equal_the_samplers_own_step_log_probs(task_ckpt, hinted):
+    """--logp trajectory with one step per forward reads each token's log-prob off the very canvas the sampler
+    committed it in: recorded here by hooking the sampler's forwards (an independent path)."""
+    pol, b, seen = _trajectory_batch(task_ckpt, hinted)
+    cfg = small_cfg(task_ckpt, logp="trajectory", logp_group=1)
+    inputs, attn = igpo.estimator_inputs(b, 0, cfg, pol.config.mask_token_id)
+    with torch.no_grad():
+        logp, _ = igpo.estimate_logps(pol, inputs, attn, b.comp, slice(0, 3))
+    assert len(seen) == 8
+    want = torch.full_like(logp, float("nan"))
+    for step, (canvas, ls) in enumerate(seen):
+        r, c = (b.order == step).nonzero(as_tuple=True)
+        assert torch.equal(canvas[r, 6 + c], torch.full_like(c, pol.config.mask_token_id))  # still masked then
+        want[r, c] = ls[r, 6 + c, b.comp[r, c]]
+    hint = b.order < 0
+    assert hint.any() == hinted
+    if hinted:  # hints: scored in a fully masked completion, d1's context
+        full = torch.cat([b.prompt, torch.full_like(b.comp, pol.config.mask_token_id)], 1)
+        with torch.no_grad():
+            ls = pol(full).float().log_softmax(-1)
+        r, c = hint.nonzero(as_tuple=True)
+        want[r, c] = ls[r, 6 + c, b.comp[r, c]]
+    torch.testing.assert_close(logp, want, atol=1e-5, rtol=1e-5)
+
+
+def test_trajectory_with_a_block_per_forward_is_block_teacher_forcing(task_ckpt):
+    """logp_group = steps per block: each token is scored with every earlier block (and the hints) visible and its
+    own and later blocks masked, computed here directly from the block layout."""
+    pol, b, _ = _trajectory_batch(task_ckpt, hinted=True)
+    mask_id = pol.config.mask_token_id
+    cfg = small_cfg(task_ckpt, logp="trajectory", logp_group=4)  # 8 steps over 2 blocks of 8
+    inputs, attn = igpo.estimator_inputs(b, 0, cfg, mask_id)
+    with torch.no_grad():
+        logp, _ = igpo.estimate_logps(pol, inputs, attn, b.comp, slice(0, 3))
+        want = torch.empty_like(logp)
+        for blk in range(2):
+            canvas = torch.where(b.hint, b.comp, mask_id)
+            canvas[:, :8 * blk] = b.comp[:, :8 * blk]
+            ls = pol(torch.cat([b.prompt, canvas], 1)).float().log_softmax(-1)[:, 6:]
+            own = ls.gather(-1, b.comp[..., None]).squeeze(-1)
+            want[:, 8 * blk:8 * blk + 8] = own[:, 8 * blk:8 * blk + 8]
+        ls = pol(torch.cat([b.prompt, torch.full_like(b.comp, mask_id)], 1)).float().log_softmax(-1)[:, 6:]
+        want[b.hint] = ls.gather(-1, b.comp[..., None]).squeeze(-1)[b.hint]
+    torch.testing.assert_close(logp, want, atol=1e-5, rtol=1e-5)
+
+
+def test_trajectory_update_is_micro_batch_invariant_and_on_policy_at_first(task_ckpt):
+    cfg = small_cfg(task_ckpt, logp="trajectory", logp_group=2, beta=0.01)
+    pol, tok = M.load(task_ckpt)
+    ref, _ = M.load(task_ckpt)
+    items = data.task_splits()["rl"][:cfg.prompts_per_step]
+    b = igpo.make_batch(pol, ref, tok, items, data.task_messages, cfg, 0, 0, torch.device("cpu"), {})
+    b.adv = torch.linspace(-1, 1, len(b.adv))
+    g8 = _grads_after_update(cfg, b, pol, j=1)
+    cfg.micro_batch = 3
+    g3 = _grads_after_update(cfg, b, pol, j=1)
+    for a, c in zip(g8, g3):
+        torch.testing.assert_close(a, c, atol=1e-7, rtol=1e-5)
+    s = igpo.update(pol, b, 0, cfg, world=1)
+    assert s["clip_frac"][0] == 0 and s["kl"][0] == 0  # ratio 1 and policy = reference before any step
