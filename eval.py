@@ -23,7 +23,6 @@ import json
 import math
 import os
 import time
-import zlib
 from dataclasses import asdict, dataclass
 
 import torch
@@ -90,8 +89,7 @@ def load_items(bench, data_dir="", limit=0):
 def decode(tokenizer, ids):
     """Completion text: tokens up to the first EOS / <|eot_id|>, special tokens dropped."""
     stops = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|eot_id|>")} - {None, tokenizer.unk_token_id}
-    cut = next((i for i, t in enumerate(ids) if t in stops), len(ids))
-    return tokenizer.decode(ids[:cut], skip_special_tokens=True)
+    return tokenizer.decode(S.until_stop(ids, stops), skip_special_tokens=True)
 
 
 def read_rows(path):
@@ -146,8 +144,8 @@ def evaluate(model, tokenizer, items, proto, *, out_path=None, messages=data.bui
             continue
         convs = [messages(it["question"]) for it, _ in batch]
         ids, attn = M.encode_chat(tokenizer, convs, prefill=proto["prefill"], device=device)  # (b, P)
-        gens = [torch.Generator(device).manual_seed(zlib.crc32(f"{seed}|{it['id']}|{s}".encode()))
-                for it, s in batch]  # per (problem, sample): independent of batching (deviation 3)
+        gens = [torch.Generator(device).manual_seed(launch.seed(seed, "eval", it["id"], s))
+                for it, s in batch]  # per (problem, sample): independent of batching and world size
         out = S.generate(model, ids, attention_mask=attn, gen_length=proto["gen_length"],
                          block_length=proto["block_length"], steps=proto["steps"], temperature=proto["temperature"],
                          remasking=proto["remasking"], generator=gens)  # (b, P + gen_length)

@@ -5,30 +5,34 @@ their gradient. IGPO re-samples such a group with chunks of the ground-truth rea
 (inpainting: the diffusion sampler fills in around them), keeps the inpainted rollouts that verify as correct,
 and lets them replace up to ⌊λG⌋ of the wrong ones. The group now has reward variance and a learning signal.
 Hint tokens are off-policy, so only the top-τ of them by the old policy's entropy stay in the loss (entropy
-filter). One step, top to bottom in `train`: sample prompts -> roll out -> reward -> find all-wrong groups ->
-inpaint and verify -> replace -> advantages A = r - mean_group(r) -> old/ref log-probs under μ fixed masks ->
-μ updates of the clipped surrogate + k3 KL -> log, checkpoint, evaluate.
-GRPO is this script with `--inpaint off`; the sample-matched baseline (same number of rollouts, no hints) is
-`--eta 0,0`.
+filter). One rollout batch = `make_batch`, four phases, each a function below with the same name:
+  1. roll_out       G completions per prompt, rewarded (correctness + format)
+  2. rescue         all-wrong groups -> inpaint with hints -> verify -> replacement rows   (IGPO; off = GRPO)
+  3. advantages     A_i = r_i - mean_group(r)
+  4. old_logps      old/reference log-probs and entropies under the μ fixed masks
+then μ optimizer steps of `update`: entropy filter -> clipped surrogate + k3 KL (`grpo_loss`).
+GRPO is `--inpaint off`; the sample-matched baseline (same number of rollouts, no hints) is `--eta 0,0`.
 
 Log-probs (d1's one-step estimator, as in the official code): the completion is fully masked, each prompt token
 is masked with probability p_mask_prompt under a per-iteration seed, and log π(y_k) is read off one forward at
 completion position k. Old, reference and current policy see the same masked input in iteration j.
 
-Deviations (P = paper, O = official code facebookresearch/igpo), numbered:
- 1. Hints never contain the final answer (P). O's training path always reveals the last chunk of the trace:
-    `--reveal_last on` (see inpaint.py for the chunking/placement deviations).
- 2. Tokens after the first EOS are left out of the loss (P: the loss is over the response). O keeps all
-    gen_length tokens: `--post_eos on`.
- 3. The loss is a mean over the kept tokens of the whole global batch (one all_reduce of the count), so it does
+Behaves differently from the paper (P) or the official code (O), each behind a flag:
+  --reveal_last   P: hints never contain the final answer (default off). O always reveals the trace's last chunk.
+  --post_eos      P: tokens after the first EOS are not in the loss (default off). O trains on all gen_length.
+Notes (same numbers, different bookkeeping):
+  - The loss is a mean over the kept tokens of the whole global batch (one all_reduce of the count), so it does
     not depend on micro-batch size or world size; O (via TRL) averages per device micro-batch.
- 4. Rows whose masked input is identical (every rollout of a prompt when p_mask_prompt = 0, the default) share one
-    forward pass in the log-prob computation: G times fewer forwards, same numbers.
+  - Rows whose masked input is identical (every rollout of a prompt when p_mask_prompt = 0) share one forward in
+    the log-prob computation: G times fewer forwards, same numbers.
+  - Every rank samples the same number of inpainted rows (padding with discarded rows), so FSDP's collectives
+    line up; seeds use global indices, so rollouts and hints do not depend on the world size.
 Launch:  python igpo.py                                    # embedded task, tiny LLaDA, 2 CPU cores, ~15 min
          torchrun --nproc_per_node=8 igpo.py --preset paper --model PATH_TO_SFT_CHECKPOINT
          python igpo.py --inpaint off                      # GRPO baseline;  --eta 0,0: sample-matched baseline
 Shapes: B rollouts on this rank (= prompts x G), G group, P prompt length, L gen_length, V vocab.
 """
+import contextlib
 import json
 import math
 import os
@@ -51,7 +55,8 @@ import sft
 @dataclass
 class Config:
     model: str = "GSAI-ML/LLaDA-8B-Instruct"  # initial policy (HF dir or hub id; P starts from the SFT model)
-    data: str = "math"                 # training prompts: math (MATH train, O) | gsm8k | task (embedded RL split)
+    data: str = "math"                 # training prompts: math (MATH train; O: MetaMathQA) | gsm8k | task (embedded)
+    max_prompts: int = 0               # train on the first N prompts only (0 = all; bench/overfit.py uses 16)
     out_dir: str = "runs/igpo"         # metrics.jsonl, config.json, checkpoints
     steps: int = 1000                  # optimizer steps = rollout batches x mu
     prompts_per_step: int = 64         # prompts per rollout batch, global (any world size)
@@ -67,14 +72,19 @@ class Config:
     lam: float = 0.5                   # replace at most floor(lam * G) wrong rollouts per group (P: lambda; O: 4 of 8)
     tau: float = 0.2                   # keep the top-tau fraction of hint tokens by entropy (P, O)
     stretch: bool = False              # O's stretched hint placement instead of P's same-index placement
+    rechunk: bool = True               # O: each hinted rollout chunks the trace anew; off = one chunking per group
     reserve: int = 30                  # last positions of the window never hinted (O)
-    reveal_last: bool = False          # O: always reveal the trace's last chunk (answer included); deviation 1
+    reveal_last: bool = False          # on = O: always reveal the trace's last chunk, final answer included
     mu: int = 4                        # inner updates per rollout batch (O: num_iterations)
     eps: float = 0.2                   # clip range of the ratio (P, O)
     beta: float = 0.01                 # k3 KL weight to the reference policy; 0 = no reference model (O)
-    ratio: str = "token"               # importance ratio: token (GRPO) | sequence (GSPO: exp of mean log-ratio)
+    ratio: str = "sequence_all"        # importance ratio: token | sequence (GSPO, mean log-ratio over kept tokens)
+                                       # | sequence_all (O's use_gspo: mean over all gen_length positions)
+    logp: str = "d1"                   # log-prob estimator: d1 (P, O: completion fully masked) | trajectory (each
+                                       # token scored in the canvas the sampler committed it in, as TraceRL)
+    logp_group: int = 1                # trajectory: sampler steps scored per forward (steps per block = block TF)
     p_mask_prompt: float = 0.0         # prompt-token mask probability in the log-prob forward (d1 option)
-    post_eos: bool = False             # keep tokens after the first EOS in the loss (O); deviation 2
+    post_eos: bool = False             # on = O: tokens after the first EOS stay in the loss
     lr: float = 5e-7                   # AdamW peak lr, constant after warmup (O)
     betas: tuple = (0.9, 0.99)         # AdamW betas (O)
     weight_decay: float = 0.1          # AdamW weight decay (O)
@@ -82,6 +92,7 @@ class Config:
     warmup: int = 50                   # linear lr warmup, optimizer steps (O)
     correct_weight: float = 3.0        # correctness reward (O)
     format_weight: float = 1.0         # scale of reward.format_reward (O: 0.125 per tag + 0.25 for \boxed)
+    reward_rule: str = "official"      # correctness: official (O: first \boxed, 0 without) | lenient (eval.py's)
     bf16: bool = True                  # bf16 autocast on GPU; ignored on CPU
     grad_ckpt: bool = True             # activation checkpointing per block (needed at 8B)
     seed: int = 0                      # data order, rollouts, hints, mask seeds
@@ -91,51 +102,141 @@ class Config:
 
 
 # `python igpo.py` = the embedded task on a CPU; `--preset paper` = the paper's run.
+TASK_DEFAULT_MODEL = "checkpoints/task-sft"  # made by `python sft.py` when missing (and only this path)
 PRESETS = {
-    "task": dict(model="checkpoints/task-sft", data="task", out_dir="runs/igpo-task", steps=40, prompts_per_step=16,
+    "task": dict(model=TASK_DEFAULT_MODEL, data="task", out_dir="runs/igpo-task", steps=40, prompts_per_step=16,
                  micro_batch=128, gen_length=data.TASK_SAMPLING["gen_length"], mu=2,
                  block_length=data.TASK_SAMPLING["block_length"], diffusion_steps=data.TASK_SAMPLING["steps"],
                  temperature=data.TASK_SAMPLING["temperature"], chunk=(2, 4), reserve=data.TASK_HINT_RESERVE,
                  lr=1e-4, warmup=5, grad_clip=1.0, grad_ckpt=False, save_every=40, eval_every=0,
-                 eval_limit=500),
+                 eval_limit=500, ratio="token"),
     "paper": dict(),
 }
 
 
-# --------------------------------------------------------------------------------------------- rollouts
+@dataclass
+class Batch:
+    """One rollout batch on this rank: everything the μ updates and the metrics need. B = prompts x G rows."""
+    idx: int                      # rollout batch index (seeds the log-prob masks of its μ iterations)
+    prompt: torch.Tensor          # (B, P) left-padded prompt ids
+    attn: torch.Tensor            # (B, P) prompt key-padding mask
+    comp: torch.Tensor            # (B, L) completions, wrong ones replaced by verified inpainted ones
+    order: torch.Tensor           # (B, L) sampler step at which each token was committed (-1: hint)
+    correct: torch.Tensor         # (B,) correctness reward of comp
+    reward: torch.Tensor          # (B,) total reward of comp (correctness + format)
+    correct_policy: torch.Tensor  # (B,) correctness of the on-policy rollouts, before any replacement
+    hint: torch.Tensor            # (B, L) bool: hint positions of replaced rows
+    replaced: torch.Tensor        # (B,) bool: the row is an inpainted rollout
+    adv: torch.Tensor = None      # (B,) group advantages
+    lmask: torch.Tensor = None    # (B, L) bool: tokens in the loss before the entropy filter
+    old: list = None              # μ x (B, L) old-policy log-probs
+    ent: list = None              # μ x (B, L) old-policy entropies
+    ref: list = None              # μ x (B, L) reference log-probs, or None when beta = 0
 
-def rollout(policy, prompt_ids, prompt_attn, cfg, seeds, hints=None):
-    """Sample one completion per row (B, L); each row has its own generator seed, so a rollout is reproducible."""
-    out = []
+
+# ------------------------------------------------------------------------------------- 1. roll out and reward
+
+def roll_out(policy, tok, items, messages, cfg, batch_idx, first, device):
+    """G completions per prompt and their rewards: a Batch without advantages and log-probs yet."""
+    G = cfg.G
+    convs = [messages(it["question"]) for it in items for _ in range(G)]
+    prompt, attn = M.encode_chat(tok, convs, device=device)
+    seeds = [launch.seed(cfg.seed, "rollout", batch_idx, first * G + r) for r in range(len(convs))]
+    comp, order = sample_rows(policy, prompt, attn, cfg, seeds)                             # (B, L) each
+    correct, total = rewards(tok, comp.cpu(), [it["answer"] for it in items for _ in range(G)], cfg)
+    no = torch.zeros_like(comp, dtype=torch.bool)
+    return Batch(idx=batch_idx, prompt=prompt, attn=attn, comp=comp, order=order, correct=correct, reward=total,
+                 correct_policy=correct.clone(), hint=no, replaced=torch.zeros(len(comp), dtype=torch.bool))
+
+
+def sample_rows(policy, prompt_ids, prompt_attn, cfg, seeds, hints=None):
+    """One completion per row and the step at which each token was committed, (B, L) each; each row has its own
+    generator seed, so a rollout is reproducible."""
+    out, order = [], []
     for k in range(0, len(prompt_ids), cfg.micro_batch):
         sl = slice(k, k + cfg.micro_batch)
         gens = [torch.Generator(prompt_ids.device).manual_seed(s) for s in seeds[sl]]
-        x = sample.generate(policy, prompt_ids[sl], attention_mask=prompt_attn[sl], gen_length=cfg.gen_length,
-                            block_length=cfg.block_length, steps=cfg.diffusion_steps, temperature=cfg.temperature,
-                            hints=None if hints is None else hints[sl], generator=gens)
+        x, steps = sample.generate(policy, prompt_ids[sl], attention_mask=prompt_attn[sl], gen_length=cfg.gen_length,
+                                   block_length=cfg.block_length, steps=cfg.diffusion_steps,
+                                   temperature=cfg.temperature, hints=None if hints is None else hints[sl],
+                                   generator=gens, return_steps=True)
         out.append(x[:, prompt_ids.shape[1]:])
-    return torch.cat(out)
+        order.append(steps)
+    return torch.cat(out), torch.cat(order)
 
 
 def rewards(tok, completions, golds, cfg):
     """(correctness (B,), total reward (B,)) of completion ids (B, L) against gold answers."""
-    texts = [tok.decode(c, skip_special_tokens=True) for c in completion_ids_to_eos(completions, tok.eos_token_id)]
-    correct = torch.tensor([reward.correctness_reward(t, g, weight=cfg.correct_weight) for t, g in zip(texts, golds)])
+    texts = [tok.decode(sample.until_stop(c, {tok.eos_token_id}), skip_special_tokens=True) for c in completions]
+    correct = torch.tensor([reward.correctness_reward(t, g, weight=cfg.correct_weight, rule=cfg.reward_rule)
+                            for t, g in zip(texts, golds)])
     fmt = torch.tensor([reward.format_reward(t) for t in texts])
     return correct, correct + cfg.format_weight * fmt
 
 
-def completion_ids_to_eos(completions, eos_id):
-    """Each row cut at its first EOS (the answer a reader sees)."""
-    return [row[:int((row == eos_id).nonzero()[0])] if (row == eos_id).any() else row for row in completions]
+# -------------------------------------------------------------------------- 2. rescue all-wrong groups (IGPO)
+
+def all_wrong(correct, G):
+    """(groups,) bool: every correctness reward of the group is 0 (the format reward is ignored)."""
+    return (correct.view(-1, G) == 0).all(1)
 
 
-def loss_mask(completions, eos_id, post_eos):
-    """(B, L) bool: tokens up to and including the first EOS (deviation 2), or all of them."""
-    if post_eos:
-        return torch.ones_like(completions, dtype=torch.bool)
-    is_eos = (completions == eos_id).int()
-    return (is_eos.cumsum(1) - is_eos) == 0  # no EOS strictly before this position
+def rescue(policy, tok, items, b, cfg, first):
+    """Algorithm 1's inpainting step. Every all-wrong group is re-sampled G times with hints from its reference
+    trace (inpaint.py), the new rollouts are verified, and up to ⌊λG⌋ correct ones are chosen. Returns the
+    replacement rows: (rows of b to overwrite (R,), completions (R, L), commit steps (R, L), correctness (R,),
+    reward (R,), hint mask (R, L)). Called on every rank, also with no all-wrong group: FSDP needs every rank in every forward."""
+    G = cfg.G
+    groups = all_wrong(b.correct, G).nonzero().squeeze(1).tolist()                          # where IGPO acts
+    hinted = inpaint_groups(policy, tok, [(gi, items[gi]) for gi in groups], b.prompt, b.attn, cfg, b.idx, first)
+    rows, src = [], []
+    for k, gi in enumerate(groups):
+        new_correct = hinted[2][k * G:(k + 1) * G]
+        gen = torch.Generator().manual_seed(launch.seed(cfg.seed, "pick", b.idx, first + gi))
+        pick = pick_replacements(new_correct, cfg.lam, gen)                                 # (K,)
+        rows += range(gi * G, gi * G + len(pick))  # all originals are wrong: overwrite the first K of the group
+        src += (k * G + pick).tolist()
+    rows, src = torch.tensor(rows, dtype=torch.long), torch.tensor(src, dtype=torch.long)
+    return (rows, *[t[src] for t in hinted])
+
+
+def pick_replacements(new_correct, lam, gen):
+    """Indices of K = min(#correct inpainted, ⌊λG⌋) verified-correct inpainted rollouts, drawn at random (O)."""
+    ok = (new_correct > 0).nonzero().squeeze(1)
+    ok = ok[torch.randperm(len(ok), generator=gen)]
+    return ok[:min(len(ok), math.floor(lam * len(new_correct)))]
+
+
+def inpaint_groups(policy, tok, groups, prompt_ids, prompt_attn, cfg, batch_idx, first):
+    """G hinted rollouts for each (local group index, item) in `groups`: (completions (nG, L), commit steps (nG, L),
+    correctness (nG,), total reward (nG,), hint mask (nG, L)). Seeds use the global group index (first + local). Every rank samples
+    the same number of rows, padding with discarded hint-free rows."""
+    G, L, mask_id = cfg.G, cfg.gen_length, policy.config.mask_token_id
+    hints, masks, seeds, golds = [], [], [], []
+    for gi, item in groups:
+        trace, answer_start = reference_trace(tok, item)
+        gen = torch.Generator().manual_seed(launch.seed(cfg.seed, "hints", batch_idx, first + gi))
+        h, hm, _ = inpaint.build_hints(trace, G, L, mask_id, gen=gen, answer_start=answer_start,
+                                       s_min=cfg.chunk[0], s_max=cfg.chunk[1], eta_low=cfg.eta[0],
+                                       eta_high=cfg.eta[1], stretch=cfg.stretch, reserve=cfg.reserve,
+                                       reveal_last=cfg.reveal_last, rechunk=cfg.rechunk)
+        hints.append(h)
+        masks.append(hm)
+        seeds += [launch.seed(cfg.seed, "inpaint", batch_idx, (first + gi) * G + r) for r in range(G)]
+        golds += [item["answer"]] * G
+    n = len(groups) * G
+    n_max = launch.all_max(n, prompt_ids.device)
+    no_rows = torch.zeros(0, L, dtype=torch.long)
+    empty = (no_rows, no_rows, torch.zeros(0), torch.zeros(0), torch.zeros(0, L, dtype=torch.bool))
+    if n_max == 0:
+        return empty
+    rows = torch.cat([torch.arange(gi * G, gi * G + G) for gi, _ in groups] + [torch.zeros(n_max - n).long()])
+    hints = torch.cat(hints + [torch.full((n_max - n, L), mask_id)]).to(prompt_ids.device)
+    comp, order = sample_rows(policy, prompt_ids[rows], prompt_attn[rows], cfg, seeds + [0] * (n_max - n), hints)
+    if n == 0:
+        return empty
+    correct, total = rewards(tok, comp[:n].cpu(), golds, cfg)
+    return comp[:n], order[:n], correct, total, torch.cat(masks).to(comp.device)
 
 
 def reference_trace(tok, item):
@@ -147,56 +248,7 @@ def reference_trace(tok, item):
     return enc["input_ids"], answer_start
 
 
-def inpaint_groups(policy, tok, groups, prompt_ids, prompt_attn, cfg, batch_idx, first):
-    """Re-sample each all-wrong group in `groups` (list of (local group index, item)) with hints; returns, per
-    group, (completions (G, L), correctness (G,), total reward (G,), hint_mask (G, L)). Seeds use the global group
-    index (first + local), so the hints and rollouts do not depend on the world size. Every rank samples the
-    same number of rows (padding with discarded hint-free rows): FSDP needs all ranks in every forward."""
-    G, mask_id = cfg.G, policy.config.mask_token_id
-    hints, masks, seeds = [], [], []
-    for gi, item in groups:
-        trace, answer_start = reference_trace(tok, item)
-        gen = torch.Generator().manual_seed(mix(cfg.seed, batch_idx, first + gi, 2))
-        h, hm, _ = inpaint.build_hints(trace, G, cfg.gen_length, mask_id, gen=gen, answer_start=answer_start,
-                                       s_min=cfg.chunk[0], s_max=cfg.chunk[1], eta_low=cfg.eta[0],
-                                       eta_high=cfg.eta[1], stretch=cfg.stretch, reserve=cfg.reserve,
-                                       reveal_last=cfg.reveal_last)
-        hints.append(h)
-        masks.append(hm)
-        seeds += [mix(cfg.seed, batch_idx, (first + gi) * G + r, 3) for r in range(G)]
-    n = n_max = len(groups) * G
-    if dist.is_initialized():
-        t = torch.tensor(n, device=prompt_ids.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        n_max = int(t)
-    if n_max == 0:
-        return []
-    rows = torch.cat([torch.arange(gi * G, gi * G + G) for gi, _ in groups] + [torch.zeros(n_max - n).long()])
-    hints = torch.cat(hints + [torch.full((n_max - n, cfg.gen_length), mask_id)]).to(prompt_ids.device)
-    comp = rollout(policy, prompt_ids[rows], prompt_attn[rows], cfg, seeds + [0] * (n_max - n), hints)[:n]
-    if not groups:
-        return []
-    correct, total = rewards(tok, comp.cpu(), [item["answer"] for _, item in groups for _ in range(G)], cfg)
-    return [(comp[k * G:(k + 1) * G], correct[k * G:(k + 1) * G], total[k * G:(k + 1) * G], masks[k])
-            for k in range(len(groups))]
-
-
-def replace_wrong(comp, correct, total, hint_mask, new, lam, gen):
-    """Algorithm 1's replacement for one all-wrong group: K = min(#correct inpainted, ⌊λG⌋) correct inpainted
-    rollouts, drawn at random (O), overwrite the first K rows (all originals are wrong). In place; returns K."""
-    new_comp, new_correct, new_total, new_mask = new
-    ok = (new_correct > 0).nonzero().squeeze(1)
-    ok = ok[torch.randperm(len(ok), generator=gen)]
-    K = min(len(ok), math.floor(lam * len(correct)))
-    pick = ok[:K]
-    comp[:K], correct[:K], total[:K], hint_mask[:K] = new_comp[pick], new_correct[pick], new_total[pick], new_mask[pick]
-    return K
-
-
-def all_wrong(correct, G):
-    """(groups,) bool: every correctness reward of the group is 0 (the format reward is ignored)."""
-    return (correct.view(-1, G) == 0).all(1)
-
+# ----------------------------------------------------------------------------------------------- 3. advantages
 
 def group_advantages(total, G):
     """A_i = r_i - mean_j r_j within each group of G consecutive rows (P, O: no std division)."""
@@ -204,7 +256,66 @@ def group_advantages(total, G):
     return (r - r.mean(1, keepdim=True)).view(-1)
 
 
-# ---------------------------------------------------------------------------------------------- log-probs
+# ----------------------------------------------------------------------------------------- 4. old/ref log-probs
+
+def old_logps(policy, ref, b, cfg):
+    """Per iteration j of μ: old-policy log-probs and entropies, and reference log-probs, each (B, L), from the
+    estimator inputs that the update of iteration j will use too (the same for every j unless d1 masks prompts)."""
+    old, ent, refs = [], [], [] if ref is not None else None
+    with torch.no_grad():
+        for j in range(cfg.mu):
+            if j > 0 and not (cfg.logp == "d1" and cfg.p_mask_prompt > 0):  # same inputs as j = 0
+                old.append(old[0])
+                ent.append(ent[0])
+                refs is not None and refs.append(refs[0])
+                continue
+            inputs, attn = estimator_inputs(b, j, cfg, policy.config.mask_token_id)
+            parts = [estimate_logps(policy, inputs, attn, b.comp, slice(k, k + cfg.micro_batch), True)
+                     for k in range(0, len(b.comp), cfg.micro_batch)]
+            old.append(torch.cat([p[0] for p in parts]))
+            ent.append(torch.cat([p[1] for p in parts]))
+            if ref is not None:
+                refs.append(torch.cat([estimate_logps(ref, inputs, attn, b.comp, slice(k, k + cfg.micro_batch))[0]
+                                       for k in range(0, len(b.comp), cfg.micro_batch)]))
+    return old, ent, refs
+
+
+def estimator_inputs(b, j, cfg, mask_id):
+    """The log-prob estimator's forward inputs for iteration j: ([(input (B, P + L), scored (B, L) bool)],
+    key-padding mask (B, P + L)); every completion token is scored in exactly one input.
+    d1: one input, the completion fully masked (prompt tokens masked with p_mask_prompt under the seed of j).
+    trajectory: per group of `logp_group` sampler steps, the canvas before the group's first step (earlier
+    commits and hints visible, the rest masked), scoring the tokens committed in the group; hint tokens, which the
+    sampler never decided, are scored in a fully masked canvas. With one step per group this is the likelihood of
+    the sampler's own token choices (not of its choice of positions)."""
+    attn = torch.cat([b.attn, torch.ones_like(b.comp)], dim=1)
+    if cfg.logp == "d1":
+        x = masked_input(b.prompt, b.comp, mask_id, cfg.p_mask_prompt, launch.seed(cfg.seed, "mask", b.idx, j))
+        return [(x, torch.ones_like(b.comp, dtype=torch.bool))], attn
+    assert cfg.logp == "trajectory", cfg.logp
+    group = torch.where(b.order < 0, -1, torch.div(b.order, cfg.logp_group, rounding_mode="floor"))  # (B, L)
+    inputs = []
+    for k in group.unique().tolist():
+        start = -1 if k < 0 else k * cfg.logp_group
+        canvas = torch.where(b.order < start, b.comp, mask_id)                                   # (B, L)
+        inputs.append((torch.cat([b.prompt, canvas], dim=1), group == k))
+    return inputs, attn
+
+
+def estimate_logps(net, inputs, attn, comp, rows, with_entropy=False):
+    """(log π (R, L), entropy (R, L) or None) of comp[rows]: each token read off the input that scores it."""
+    logp = torch.zeros(comp[rows].shape, device=comp.device)
+    ent = torch.zeros_like(logp) if with_entropy else None
+    for x, scored in inputs:
+        if not scored[rows].any():
+            continue
+        out = token_logps(net, x[rows], attn[rows], comp[rows], with_entropy)
+        lp, en = out if with_entropy else (out, None)
+        logp = logp + torch.where(scored[rows], lp, 0.0)
+        if with_entropy:
+            ent = ent + torch.where(scored[rows], en, 0.0)
+    return logp, ent
+
 
 def masked_input(prompt_ids, completions, mask_id, p_mask_prompt, seed):
     """The log-prob forward's input (B, P + L): completion all masked, prompt tokens masked with p_mask_prompt
@@ -219,7 +330,7 @@ def masked_input(prompt_ids, completions, mask_id, p_mask_prompt, seed):
 
 def token_logps(net, x, attn, completions, with_entropy=False):
     """Per-token log π(y) (B, L) (= -CE at completion positions) and optionally the entropy (B, L), from one
-    forward over the distinct rows of x only (deviation 4)."""
+    forward over the distinct rows of x only."""
     L = completions.shape[1]
     uniq, inv = torch.unique(torch.cat([x, attn], dim=1), dim=0, return_inverse=True)
     logits = net(uniq[:, :x.shape[1]], attention_mask=uniq[:, x.shape[1]:])[:, -L:].float()  # (U, L, V)
@@ -231,13 +342,71 @@ def token_logps(net, x, attn, completions, with_entropy=False):
     return logp, ent[inv]
 
 
+def loss_mask(completions, eos_id, post_eos):
+    """(B, L) bool: tokens up to and including the first EOS (P), or all of them (`--post_eos on`, O)."""
+    if post_eos:
+        return torch.ones_like(completions, dtype=torch.bool)
+    is_eos = (completions == eos_id).int()
+    return (is_eos.cumsum(1) - is_eos) == 0  # no EOS strictly before this position
+
+
+# ----------------------------------------------------------------------------------------- one rollout batch
+
+def make_batch(policy, ref, tok, items, messages, cfg, batch_idx, first, device, times):
+    """The four phases of the module docstring, in order; `times` collects each phase's seconds."""
+    with timed(times, "t_rollout"):
+        b = roll_out(policy, tok, items, messages, cfg, batch_idx, first, device)           # 1
+    with timed(times, "t_inpaint"):
+        if cfg.inpaint:
+            rows, comp, order, correct, total, hint = rescue(policy, tok, items, b, cfg, first)  # 2
+            b.comp[rows], b.order[rows], b.correct[rows], b.reward[rows] = comp, order, correct, total
+            b.hint[rows] = hint
+            b.replaced[rows] = True
+    b.adv = group_advantages(b.reward, cfg.G).to(device)                                   # 3
+    b.lmask = loss_mask(b.comp, tok.eos_token_id, cfg.post_eos)
+    with timed(times, "t_logp"):
+        b.old, b.ent, b.ref = old_logps(policy, ref, b, cfg)                               # 4
+    return b
+
+
+# --------------------------------------------------------------------------------------------- the update
+
+def update(policy, b, j, cfg, world):
+    """Forward/backward of the loss of iteration j over this rank's micro-batches; gradients accumulate. The
+    optimizer step is the caller's. Returns loss-side statistics as (sum, count) pairs."""
+    keep = b.lmask & inpaint.entropy_filter(b.ent[j], b.hint & b.lmask, cfg.tau)  # hint tokens: top-tau by entropy
+    n_total = launch.all_sum(keep.sum().float()).clamp(min=1)  # kept tokens of the global batch
+    inputs, attn = estimator_inputs(b, j, cfg, policy.config.mask_token_id)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and attn.device.type == "cuda")
+    sums = dict(loss=0.0, kl=0.0, clip_frac=0.0)
+    B, mb = len(b.comp), cfg.micro_batch
+    for k in range(0, B, mb):
+        sl = slice(k, k + mb)
+        if world > 1:
+            policy.set_requires_gradient_sync(k + mb >= B)  # reduce-scatter once per step
+        with amp:
+            logp = estimate_logps(policy, inputs, attn, b.comp, sl)[0]
+        ref = None if b.ref is None else b.ref[j][sl]
+        loss, st = grpo_loss(logp, b.old[j][sl], ref, b.adv[sl], keep[sl], n_total, cfg.eps, cfg.beta, cfg.ratio)
+        (loss * world).backward()  # FSDP averages gradients over ranks; the loss is already a global mean
+        sums["loss"] += loss.item() * float(n_total)
+        sums["kl"] += st["kl"]
+        sums["clip_frac"] += st["clipped"]
+    kept = float(keep.sum())
+    return {k: (v, kept) for k, v in sums.items()}
+
+
 def grpo_loss(logp, old_logp, ref_logp, adv, keep, n_total, eps, beta, ratio="token"):
     """Sum over kept tokens of the clipped surrogate + k3 KL, divided by n_total (the kept tokens of the global
-    batch, deviation 3). logp/old_logp/ref_logp (B, L), adv (B,), keep (B, L) bool. Returns (loss, stats)."""
+    batch). logp/old_logp/ref_logp (B, L), adv (B,), keep (B, L) bool. Returns (loss, stats)."""
     log_ratio = logp - old_logp
-    if ratio == "sequence":  # GSPO: s_i = exp(mean_t log ratio), one ratio per sequence
+    if ratio == "sequence":  # GSPO: s_i = exp(mean_t log ratio) over the kept tokens, one ratio per sequence
         n_i = keep.sum(1, keepdim=True).clamp(min=1)
         log_ratio = ((log_ratio * keep).sum(1, keepdim=True) / n_i).expand_as(logp)
+    elif ratio == "sequence_all":  # O's GSPO: the mean runs over all L positions, dropped tokens get gradient too
+        log_ratio = log_ratio.mean(1, keepdim=True).expand_as(logp)
+    else:
+        assert ratio == "token", ratio
     rho = log_ratio.exp()
     a = adv[:, None]
     surrogate = torch.min(rho * a, rho.clamp(1 - eps, 1 + eps) * a)                        # Eq. (3), per token
@@ -252,138 +421,42 @@ def grpo_loss(logp, old_logp, ref_logp, adv, keep, n_total, eps, beta, ratio="to
     return loss, dict(kl=(kl * keep).sum().item(), clipped=(clipped & keep).sum().item())
 
 
-# ------------------------------------------------------------------------------------------------- training
-
-def mix(*xs):
-    """A deterministic 62-bit seed from integers (Python's hash() of str is salted per process)."""
-    h = 1469598103934665603
-    for x in xs:
-        h = (h ^ (int(x) & 0xFFFFFFFFFFFF)) * 1099511628211 % 2**62
-    return h
-
+# ------------------------------------------------------------------------------------------------ training
 
 def lr_at(step, cfg):
     """Linear warmup, then linear decay to 0 (O: the HF Trainer default schedule)."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    return cfg.lr * max(0.0, (cfg.steps - step) / max(1, cfg.steps - cfg.warmup))
+    return launch.lr_at(step, cfg.steps, cfg.lr, cfg.warmup, decay="linear")
 
 
 def load_prompts(cfg):
+    """(training items, chat-message builder) of cfg.data, the first max_prompts of them when set."""
     if cfg.data == "task":
-        return data.task_splits()["rl"], data.task_messages
-    return data.load_split(cfg.data, "train"), data.build_messages
+        items, messages = data.task_splits()["rl"], data.task_messages
+    else:
+        items, messages = data.load_split(cfg.data, "train"), data.build_messages
+    return items[:cfg.max_prompts or None], messages
 
 
 def batch_items(items, batch_idx, cfg, rank, world):
-    """This rank's prompts of rollout batch `batch_idx` and the global position of the first one: one seeded
-    permutation per epoch, consecutive global slices, each rank a contiguous share (all G rollouts of a prompt
-    stay on one rank)."""
+    """This rank's prompts of rollout batch `batch_idx` and the global position of the first one: consecutive
+    global slices of the seeded data order, each rank a contiguous share (all G rollouts of a prompt stay on one
+    rank)."""
     per_rank = cfg.prompts_per_step // world
-    n, first = len(items), batch_idx * cfg.prompts_per_step + rank * per_rank
-    perms = {}
-    out = []
-    for pos in range(first, first + per_rank):
-        epoch = pos // n
-        if epoch not in perms:
-            perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(mix(cfg.seed, epoch))).tolist()
-        out.append(items[perms[epoch][pos % n]])
-    return out, first
-
-
-def make_batch(policy, ref, tok, items, messages, cfg, batch_idx, first, rank, device):
-    """Rollouts, rewards, inpainting and replacement, advantages, and the old/ref log-probs of the μ iterations.
-    Returns (batch dict, metrics dict of sums). Batch keys: prompt (B, P), attn (B, P), comp (B, L), adv (B,),
-    hint (B, L) bool, lmask (B, L) bool, old [μ x (B, L)], ent [μ x (B, L)], ref [μ x (B, L)] or None."""
-    G, mask_id = cfg.G, policy.config.mask_token_id
-    convs = [messages(it["question"]) for it in items for _ in range(G)]
-    prompt, attn = M.encode_chat(tok, convs, device=device)
-    t0 = time.time()
-    seeds = [mix(cfg.seed, batch_idx, first * G + r) for r in range(len(convs))]
-    comp = rollout(policy, prompt, attn, cfg, seeds)                                        # (B, L)
-    golds = [it["answer"] for it in items for _ in range(G)]
-    correct, total = rewards(tok, comp.cpu(), golds, cfg)
-    t_roll = time.time() - t0
-    hint = torch.zeros_like(comp, dtype=torch.bool)
-    n_correct_policy = float((correct > 0).sum())  # on-policy accuracy, before any replacement
-    wrong = all_wrong(correct, G)
-    groups = [(gi, items[gi]) for gi in wrong.nonzero().squeeze(1).tolist()] if cfg.inpaint else []
-    t0, n_replaced, rescued = time.time(), 0, 0
-    for (gi, _), new in zip(groups, inpaint_groups(policy, tok, groups, prompt, attn, cfg, batch_idx, first)):
-        sl = slice(gi * G, gi * G + G)
-        gen = torch.Generator().manual_seed(mix(cfg.seed, batch_idx, first + gi, 1))
-        K = replace_wrong(comp[sl], correct[sl], total[sl], hint[sl], (new[0], new[1], new[2], new[3].to(device)),
-                          cfg.lam, gen)
-        n_replaced, rescued = n_replaced + K, rescued + (K > 0)
-    t_inp = time.time() - t0
-    adv = group_advantages(total, G).to(device)
-    lmask = loss_mask(comp, tok.eos_token_id, cfg.post_eos)
-    t0 = time.time()
-    old, ent, refs = [], [], [] if ref is not None else None
-    with torch.no_grad():
-        for j in range(cfg.mu):
-            x = masked_input(prompt, comp, mask_id, cfg.p_mask_prompt, mix(cfg.seed, batch_idx, j))
-            full_attn = torch.cat([attn, torch.ones_like(comp)], dim=1)
-            lp, en = zip(*[token_logps(policy, x[k:k + cfg.micro_batch], full_attn[k:k + cfg.micro_batch],
-                                       comp[k:k + cfg.micro_batch], with_entropy=True)
-                           for k in range(0, len(comp), cfg.micro_batch)])
-            old.append(torch.cat(lp))
-            ent.append(torch.cat(en))
-            if ref is not None:
-                refs.append(torch.cat([token_logps(ref, x[k:k + cfg.micro_batch], full_attn[k:k + cfg.micro_batch],
-                                                   comp[k:k + cfg.micro_batch])
-                                       for k in range(0, len(comp), cfg.micro_batch)]))
-    t_old = time.time() - t0
-    gen_len = lmask.sum(1).float()
-    m = dict(groups=len(items), all_wrong_before=int(wrong.sum()),
-             all_wrong_after=int(all_wrong(correct, G).sum()), rescued=rescued, replaced=n_replaced,
-             correct=n_correct_policy, correct_after=float((correct > 0).sum()), reward=float(total.sum()),
-             rollouts=len(comp),
-             format=float((total - correct).sum()) / max(cfg.format_weight, 1e-9),
-             hint_tokens=float(hint.sum()), loss_tokens=float(lmask.sum()), comp_len=float(gen_len.sum()),
-             ent_hint=float((ent[0] * (hint & lmask)).sum()), ent_gen=float((ent[0] * (~hint & lmask)).sum()),
-             n_gen=float((~hint & lmask).sum()), n_hint=float((hint & lmask).sum()),
-             nfe=cfg.diffusion_steps * (len(comp) + len(groups) * G) / cfg.micro_batch,
-             t_rollout=t_roll, t_inpaint=t_inp, t_logp=t_old)
-    return dict(prompt=prompt, attn=attn, comp=comp, adv=adv, hint=hint, lmask=lmask, old=old, ent=ent, ref=refs), m
-
-
-def update(policy, opt, b, j, cfg, world):
-    """One optimizer step on the rollout batch `b` with the masks of iteration j. Returns loss-side sums."""
-    keep = b["lmask"] & inpaint.entropy_filter(b["ent"][j], b["hint"], cfg.tau)  # hint tokens: top-tau by entropy
-    n_total = keep.sum().float()
-    if world > 1:
-        dist.all_reduce(n_total)
-    n_total = n_total.clamp(min=1)
-    mask_id = policy.config.mask_token_id
-    x = masked_input(b["prompt"], b["comp"], mask_id, cfg.p_mask_prompt, mix(cfg.seed, b["idx"], j))
-    full_attn = torch.cat([b["attn"], torch.ones_like(b["comp"])], dim=1)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and x.device.type == "cuda")
-    sums = dict(loss=0.0, kl=0.0, clipped=0.0, kept=float(keep.sum()))
-    B, mb = len(x), cfg.micro_batch
-    for k in range(0, B, mb):
-        sl = slice(k, k + mb)
-        if world > 1:
-            policy.set_requires_gradient_sync(k + mb >= B)  # reduce-scatter once per step
-        with amp:
-            logp = token_logps(policy, x[sl], full_attn[sl], b["comp"][sl])
-        loss, st = grpo_loss(logp, b["old"][j][sl], None if b["ref"] is None else b["ref"][j][sl], b["adv"][sl],
-                             keep[sl], n_total, cfg.eps, cfg.beta, cfg.ratio)
-        (loss * world).backward()  # FSDP averages gradients over ranks; the loss is already a global mean
-        sums["loss"] += loss.item()
-        sums["kl"] += st["kl"]
-        sums["clipped"] += st["clipped"]
-    return sums
+    first = batch_idx * cfg.prompts_per_step + rank * per_rank
+    return [items[i] for i in launch.data_order(len(items), cfg.seed, range(first, first + per_rank))], first
 
 
 def build(cfg, device):
-    """(policy, reference or None, tokenizer): the policy from cfg.model (built by sft.py for the task if
-    missing), and a frozen copy of it when beta > 0."""
-    if cfg.data == "task" and not os.path.exists(os.path.join(cfg.model, "config.json")):
+    """(policy, reference or None, tokenizer): the policy from cfg.model, and a frozen copy of it when beta > 0.
+    Only the task preset's own default path is trained on the fly (by sft.py) when missing."""
+    if not os.path.exists(os.path.join(cfg.model, "config.json")) and cfg.model == TASK_DEFAULT_MODEL:
         if dist.is_initialized():
             raise SystemExit(f"{cfg.model} is missing: run `python sft.py` once before torchrun")
         print(f"{cfg.model} is missing: training it with sft.py's task preset first")
         sft.train(sft.parse_config(["--out_dir", cfg.model]))
+    if not os.path.exists(cfg.model) and looks_local(cfg.model):
+        raise SystemExit(f"--model {cfg.model}: no such directory (the task model is made by `python sft.py "
+                         f"--out_dir {cfg.model}`)")
     policy, tok = M.load(cfg.model, device=device)
     ref = None
     if cfg.beta > 0:
@@ -392,9 +465,17 @@ def build(cfg, device):
     return policy, ref, tok
 
 
+def looks_local(path):
+    """A path rather than a hub id (owner/name): relative or absolute, or its first folder exists here."""
+    return path.startswith((".", "/", "~")) or path.count("/") != 1 or os.path.isdir(path.split("/")[0])
+
+
 def train(cfg):
     rank, world, device = launch.setup_dist()
     log = print if rank == 0 else (lambda *a, **k: None)
+    assert cfg.ratio in ("token", "sequence", "sequence_all"), f"--ratio {cfg.ratio}: token | sequence | sequence_all"
+    assert cfg.logp in ("d1", "trajectory") and cfg.logp_group >= 1, f"--logp {cfg.logp}: d1 | trajectory"
+    assert cfg.reward_rule in reward.RULES, f"--reward_rule {cfg.reward_rule}: one of {reward.RULES}"
     assert cfg.prompts_per_step % world == 0, "prompts_per_step must be divisible by the world size"
     assert cfg.steps % cfg.mu == 0, "steps must be a multiple of mu (one rollout batch serves mu steps)"
     log(json.dumps(asdict(cfg), indent=1))
@@ -414,33 +495,32 @@ def train(cfg):
     metrics_f = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") if rank == 0 else None
     bar = tqdm(range(cfg.steps), disable=rank != 0, desc="igpo" if cfg.inpaint else "grpo")
     for step in bar:
+        stats, times = {}, {}
         if step % cfg.mu == 0:
             policy.eval()
-            batch_idx = step // cfg.mu
-            mine, first = batch_items(items, batch_idx, cfg, rank, world)
-            b, m = make_batch(policy, ref, tok, mine, messages, cfg, batch_idx, first, rank, device)
-            b["idx"] = batch_idx
+            mine, first = batch_items(items, step // cfg.mu, cfg, rank, world)
+            b = make_batch(policy, ref, tok, mine, messages, cfg, step // cfg.mu, first, device, times)
+            stats = batch_stats(b, cfg)
         policy.train()
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
-        t0 = time.time()
-        s = update(policy, opt, b, step % cfg.mu, cfg, world)
-        row = reduce_metrics({**(m if step % cfg.mu == 0 else {}), **s}, world)
-        if not math.isfinite(row["loss"]):
-            raise FloatingPointError(f"non-finite loss at step {step}; no checkpoint is written after it")
-        gnorm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-        gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        row.update(step=step + 1, lr=lr_at(step, cfg), grad_norm=float(gnorm), t_update=time.time() - t0)
+        with timed(times, "t_update"):
+            stats.update(update(policy, b, step % cfg.mu, cfg, world))
+            gnorm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+            gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm
+            row = summarize(stats, times, world)
+            if not math.isfinite(row.get("loss", 0.0)):
+                raise FloatingPointError(f"non-finite loss at step {step}; no checkpoint is written after it")
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        row.update(step=step + 1, lr=lr_at(step, cfg), grad_norm=float(gnorm), t_update=times["t_update"])
         if rank == 0:
-            metrics_f.write(json.dumps(summarize(row)) + "\n")
+            metrics_f.write(json.dumps(row) + "\n")
             metrics_f.flush()
-            shown = ("acc", "all_wrong_before", "all_wrong_after", "loss")
-            bar.set_postfix({k: f"{v:.3g}" for k, v in summarize(row).items() if k in shown})
+            bar.set_postfix({k: f"{row[k]:.3g}" for k in SHOWN if k in row})
         last = step + 1 == cfg.steps
         if (step + 1) % cfg.save_every == 0 or last:
-            save(policy, tok, cfg, step + 1, rank)
+            save(policy, tok, cfg, step + 1)
         if cfg.eval_limit and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
             res = evaluate(policy, tok, cfg)
             lo, hi = res["ci95"]
@@ -452,48 +532,10 @@ def train(cfg):
         dist.destroy_process_group()
 
 
-def reduce_metrics(sums, world):
-    """Sum the per-rank metric sums over ranks (times are maxed: the slowest rank sets the pace)."""
-    keys = sorted(sums)
-    t = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64)
-    if world > 1:
-        times = torch.tensor([float(k.startswith("t_")) for k in keys], dtype=torch.bool)
-        mx = torch.where(times, t, 0.0)
-        dist.all_reduce(t)
-        dist.all_reduce(mx, op=dist.ReduceOp.MAX)
-        t = torch.where(times, mx, t)
-    return dict(zip(keys, t.tolist()))
-
-
-def summarize(r):
-    """Metrics row of one optimizer step (rollout metrics only on steps that drew a rollout batch)."""
-    kept = max(r["kept"], 1)
-    out = dict(step=r["step"], loss=r["loss"], kl=r["kl"] / kept, clip_frac=r["clipped"] / kept,
-               grad_norm=r["grad_norm"], lr=r["lr"], t_update=r["t_update"])
-    if "rollouts" in r:
-        n, g = r["rollouts"], r["groups"]
-        out.update(acc=r["correct"] / n, acc_after=r["correct_after"] / n, reward=r["reward"] / n,
-                   format=r["format"] / n,
-                   all_wrong_before=r["all_wrong_before"] / g, all_wrong_after=r["all_wrong_after"] / g,
-                   rescued=r["rescued"] / max(r["all_wrong_before"], 1), replaced=r["replaced"],
-                   hint_frac=r["hint_tokens"] / max(r["loss_tokens"], 1), comp_len=r["comp_len"] / n,
-                   ent_hint=r["ent_hint"] / max(r["n_hint"], 1), ent_gen=r["ent_gen"] / max(r["n_gen"], 1),
-                   nfe=r["nfe"], t_rollout=r["t_rollout"], t_inpaint=r["t_inpaint"], t_logp=r["t_logp"],
-                   tokens_per_s=r["comp_len"] / max(r["t_rollout"] + r["t_inpaint"], 1e-9))
-    return out
-
-
-def save(policy, tok, cfg, step, rank):
-    """HF-format checkpoint of the policy at out_dir/step-N (atomic: model.save writes a temp dir and renames)."""
-    sd = launch.full_state_dict(policy)
-    if rank == 0:
-        with torch.device("meta"):
-            plain = M.LLaDA(policy.config)
-        plain.load_state_dict(sd, assign=True)
-        M.save(plain, tok, os.path.join(cfg.out_dir, f"step-{step}"),
-               extra_files={"igpo_config.json": asdict(cfg), "trainer_state.json": {"step": step}})
-    if dist.is_initialized():
-        dist.barrier()
+def save(policy, tok, cfg, step):
+    """HF-format checkpoint of the policy at out_dir/step-N, written atomically (launch.save_checkpoint)."""
+    launch.save_checkpoint(policy, tok, os.path.join(cfg.out_dir, f"step-{step}"),
+                           extra_files={"igpo_config.json": asdict(cfg), "trainer_state.json": {"step": step}})
 
 
 def evaluate(policy, tok, cfg):
@@ -506,6 +548,51 @@ def evaluate(policy, tok, cfg):
         items, proto, messages = data.load_split("gsm8k", "test"), E.protocol("gsm8k"), data.build_messages
     return E.evaluate(policy, tok, items[:cfg.eval_limit], proto, messages=messages, batch_size=cfg.micro_batch,
                       seed=cfg.seed, desc="eval")
+
+
+# ------------------------------------------------------------------------------------ metrics (kept out of the
+# algorithm above): statistics are (sum, count) pairs, summed over ranks, reported as sum / count.
+
+SHOWN = ("acc", "all_wrong_before", "all_wrong_after", "loss")  # on the progress bar
+
+
+def batch_stats(b, cfg):
+    """The rollout batch's statistics as (sum, count) pairs (the README's table reports these)."""
+    B, groups = len(b.comp), len(b.comp) // cfg.G
+    wrong_before = all_wrong(b.correct_policy, cfg.G)
+    gen, hint = ~b.hint & b.lmask, b.hint & b.lmask
+    ent = b.ent[0]
+    fmt = (b.reward - b.correct) / max(cfg.format_weight, 1e-9)
+    return dict(acc=(float((b.correct_policy > 0).sum()), B), acc_after=(float((b.correct > 0).sum()), B),
+                reward=(float(b.reward.sum()), B), format=(float(fmt.sum()), B),
+                all_wrong_before=(float(wrong_before.sum()), groups),
+                all_wrong_after=(float(all_wrong(b.correct, cfg.G).sum()), groups),
+                rescued=(float(b.replaced.view(-1, cfg.G).any(1).sum()), float(wrong_before.sum())),
+                replaced=(float(b.replaced.sum()), B),
+                hint_frac=(float(b.hint.sum()), float(b.lmask.sum())), comp_len=(float(b.lmask.sum()), B),
+                ent_hint=(float((ent * hint).sum()), float(hint.sum())),
+                ent_gen=(float((ent * gen).sum()), float(gen.sum())))
+
+
+def summarize(stats, times, world):
+    """One metrics row: every (sum, count) summed over ranks and divided; times are the slowest rank's."""
+    keys = sorted(stats)
+    t = torch.tensor([stats[k] for k in keys], dtype=torch.float64).view(-1, 2)
+    tk = sorted(times)
+    tt = torch.tensor([times[k] for k in tk], dtype=torch.float64)
+    if world > 1:
+        dist.all_reduce(t)
+        dist.all_reduce(tt, op=dist.ReduceOp.MAX)
+    row = {k: s / c for k, (s, c) in zip(keys, t.tolist()) if c > 0}
+    row.update(zip(tk, tt.tolist()))
+    return row
+
+
+@contextlib.contextmanager
+def timed(times, name):
+    t0 = time.time()
+    yield
+    times[name] = times.get(name, 0.0) + time.time() - t0
 
 
 if __name__ == "__main__":

@@ -9,19 +9,22 @@ per inpainted sample, only the top-τ hint tokens by old-policy entropy in the l
 No section/equation numbers: they could not be checked against the paper here. Official code: facebookresearch/igpo,
 utils/generate.py (create_spacing_scaled_inpainting_sequence, scale_chunk_positions) and trainer_igpo.py.
 
-Deviations (paper = P, official code = O):
- 1. Reveal count ⌊η·N⌋ (P). O masks ⌊(1-η)·N⌋ chunks and reveals the rest, i.e. one chunk more whenever η·N is
-    not an integer.
- 2. A tail shorter than s_min is kept as the last chunk. O drops it (never revealed, not counted in N).
- 3. Answer tokens are excluded by default (P). O's training path always reveals the last chunk of the trace it is
-    given: its `inpaint_last_chunk_end` config flag (default False) is never passed down, so the callee's default
-    True applies. Here that is `reveal_last=True`, which also chunks the whole trace, answer included.
- 4. Placement at the trace index by default (P). O always stretches: factor clamp(L_eff/len, 1, 1.5), gaps between
-    revealed chunks capped at `max_gap` (O's max_spacing, 100): `stretch=True`.
- 5. Entropy ties are broken by position (stable sort); O's torch.topk leaves ties unspecified. O's candidates are the
-    hint positions masked in that iteration's log-prob forward: pass that intersection as `hint_mask`.
- 6. A row with η = 0 gets no hints even with `reveal_last` (O skips inpainting when its smallest η is 0).
- 7. All draws come from a passed torch.Generator; O reseeds the global `random`/torch RNGs.
+Behaves differently from the paper (P) or the official code (O); the flag names are igpo.py's:
+  reveal count   ⌊η·N⌋ chunks (P). O masks ⌊(1-η)·N⌋ chunks and reveals the rest, i.e. one chunk more whenever
+                 η·N is not an integer (no flag: P's count).
+  short tail     a tail shorter than s_min is kept as the last chunk. O drops it (never revealed, not in N).
+  --reveal_last  off (P): answer tokens are excluded. O's training path always reveals the last chunk of the
+                 trace it is given (its `inpaint_last_chunk_end` flag is never passed down, so the callee's default
+                 True applies); on also chunks the whole trace, answer included.
+  --stretch      off (P): placement at the trace index. O always stretches: factor clamp(L_eff/len, 1, 1.5),
+                 gaps between revealed chunks capped at `max_gap` (O's max_spacing, 100).
+  --rechunk      on (O): each of the G rollouts cuts the trace into its own random chunks; off: one chunking per
+                 group (the paper does not say).
+  η = 0          a row with η = 0 gets no hints even with reveal_last (O skips inpainting when its smallest η is 0).
+Notes (same distribution, different bookkeeping): entropy ties are broken by position (stable sort; O's
+torch.topk leaves ties unspecified); the filter's candidates are the hint tokens that are in the loss (O: the
+hint positions masked in that iteration's forward, which under d1 masking is every hint); all draws come from a
+passed torch.Generator (O reseeds the global `random`/torch RNGs).
 
 Shapes: G group (rollouts per prompt), B batch, L gen length, N number of chunks of one trace.
 """
@@ -62,7 +65,7 @@ def place(spans, factor, max_gap, limit):
 
 
 def build_hints(trace, G, gen_length, mask_id, *, gen, answer_start=None, s_min=5, s_max=10, eta_low=0.2,
-                eta_high=0.6, stretch=False, max_gap=100, reserve=30, reveal_last=False):
+                eta_high=0.6, stretch=False, max_gap=100, reserve=30, reveal_last=False, rechunk=False):
     """Hint rows for G inpainted rollouts of one prompt.
 
     trace: 1-D token ids of the reference solution; trace[answer_start:] is its final answer (None: no answer in it).
@@ -78,6 +81,8 @@ def build_hints(trace, G, gen_length, mask_id, *, gen, answer_start=None, s_min=
     factor = min(1.5, limit / max(len(trace), 1)) if stretch else 1.0  # >= 1: trace was cut to limit
     hints = torch.full((G, gen_length), mask_id, dtype=torch.long)
     for g, eta in enumerate(etas.tolist()):
+        if rechunk and g > 0:  # O: every hinted rollout draws its own chunk boundaries
+            spans = chunk(trace, s_min, s_max, gen=gen)
         k = math.floor(eta * len(spans))
         picked = set(torch.randperm(len(spans), generator=gen)[:k].tolist())
         if reveal_last and eta > 0 and spans:
@@ -86,12 +91,6 @@ def build_hints(trace, G, gen_length, mask_id, *, gen, answer_start=None, s_min=
         for (s, _), (a, b) in zip(revealed, place(revealed, factor, max_gap if stretch else math.inf, limit)):
             hints[g, a:b] = trace[s:s + b - a]
     return hints, hints != mask_id, etas
-
-
-def token_entropy(logits):
-    """(B, L, V) logits -> (B, L) entropy of the softmax, in fp32 (O adds 1e-8 inside the log; exact here)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
 
 
 def entropy_filter(entropy, hint_mask, tau=0.2):

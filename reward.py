@@ -64,6 +64,12 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
+def first_boxed(text: str) -> str | None:
+    """Content of the first `\\boxed{...}` in text, else None: the official training reward's extraction."""
+    m = re.search(r"\\boxed\{", text)
+    return _braced(text, m.end() - 1) if m else None
+
+
 def extract_answer(text) -> str | None:
     """The answer a completion gives: last boxed, else the last `<answer>` span, else the last number."""
     if not isinstance(text, str):
@@ -128,9 +134,17 @@ def is_equiv(pred, gold) -> bool:
 
 # ----------------------------------------------------------------------------- rewards
 
-def correctness_reward(completion: str, gold, weight: float = 3.0) -> float:
-    """Official `correctness_reward_func`: weight if the extracted answer equals the gold, else 0."""
-    return weight if is_equiv(extract_answer(completion), gold) else 0.0
+RULES = ("official", "lenient")
+
+
+def correctness_reward(completion: str, gold, weight: float = 3.0, rule: str = "lenient") -> float:
+    """weight if the completion's answer equals the gold, else 0. rule "official" (O's training reward): the
+    answer is the first \\boxed{...}, and no box scores 0; "lenient": extract_answer's fallbacks (eval.py)."""
+    if rule == "official":
+        pred = first_boxed(completion) if isinstance(completion, str) else None
+    else:
+        pred = extract_answer(completion)
+    return weight if is_equiv(pred, gold) else 0.0
 
 
 def format_reward(completion: str, tag_weight: float = 0.125, boxed_weight: float = 0.25) -> float:

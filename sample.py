@@ -215,3 +215,10 @@ def _forward(model, x, attention_mask, P, cfg_scale, mask_id):
     am = None if attention_mask is None else torch.cat([attention_mask, attention_mask])
     logits, un_logits = model(torch.cat([x, un_x]), attention_mask=am).chunk(2, dim=0)
     return un_logits + (cfg_scale + 1) * (logits - un_logits)
+
+
+def until_stop(row, stop_ids):
+    """A completion's tokens (1-D tensor or list) before its first stop id (EOS, <|eot_id|>): what a reader sees."""
+    ids = row.tolist() if torch.is_tensor(row) else list(row)
+    cut = next((i for i, t in enumerate(ids) if t in stop_ids), len(ids))
+    return row[:cut]

@@ -21,25 +21,21 @@ Launch:  python sft.py                     # embedded task: a tiny LLaDA from sc
          python sft.py --preset paper --data math --rewrite_model PATH --rewrite_out runs/concise.jsonl
 Shapes: B batch, L padded length (P prompt + R response), V vocab.
 """
-import argparse
-import functools
-import inspect
 import json
 import math
 import os
-import shutil
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
-                                                     set_optimizer_state_dict)
 
 import data
+import launch
 import model as M
 import reward
+import sample
 
 
 @dataclass
@@ -86,18 +82,8 @@ REWRITE_PROMPT = ("Rewrite this solution as concise steps, one short line each, 
 
 
 def parse_config(argv=None):
-    """Config = Config() (the paper's setting) <- --preset (default "task") <- flags. --help lists every field."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--preset", default="task", choices=sorted(PRESETS), help="base settings; flags override them")
-    base = Config(**PRESETS[pre.parse_known_args(argv)[0].preset])
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], parents=[pre])
-    doc = {ln.split(":")[0].strip(): ln.split("#", 1)[1].strip()
-           for ln in inspect.getsource(Config).splitlines() if ":" in ln and "#" in ln}
-    for f in fields(Config):
-        typ = (lambda v: v.lower() in ("1", "true", "yes")) if f.type is bool else f.type
-        p.add_argument(f"--{f.name}", type=typ, default=getattr(base, f.name),
-                       help=f"{doc[f.name]} [default %(default)r; paper {f.default!r}]")
-    return Config(**{k: v for k, v in vars(p.parse_args(argv)).items() if k != "preset"})
+    """Config() (the paper's setting) <- --preset (default "task") <- flags; --help lists every field."""
+    return launch.parse_config(Config, PRESETS, argv, doc=__doc__)
 
 
 def sft_loss(model, input_ids, prompt_len, *, mask_id, attention_mask=None, eps=1e-3, t=None, mask=None,
@@ -167,7 +153,7 @@ def collate(pairs, idx, step, cfg, eos_id):
     for i, ((p, r), j) in enumerate(zip(pairs, idx)):
         ids[i, P - len(p):P], attn[i, P - len(p):] = torch.tensor(p), 1
         ids[i, P:P + min(len(r), R)] = torch.tensor(r[:R])
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 10_007 + j)
+        g = torch.Generator().manual_seed(launch.seed(cfg.seed, "sft_mask", step, j))
         t[i] = torch.rand((), generator=g)
         mask[i, P:] = torch.rand(R, generator=g) < (1 - cfg.eps) * t[i] + cfg.eps
     return ids, attn, torch.full((len(pairs),), P), t, mask
@@ -183,44 +169,19 @@ def build_model(cfg):
     return M.LLaDA(mc).init_weights(generator=torch.Generator().manual_seed(cfg.seed)), tok
 
 
-def lr_at(step, total, cfg):  # linear warmup, then cosine decay to min_lr_ratio * lr
-    frac = max(0, step - cfg.warmup) / max(1, total - cfg.warmup)
-    decay = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
-    return cfg.lr * min(1.0, (step + 1) / cfg.warmup) * decay
+def save_checkpoint(cfg, model, opt, tok, step):
+    """HF-format weights + optimizer + step, atomically over out_dir (launch.save_checkpoint)."""
+    launch.save_checkpoint(model, tok, cfg.out_dir, opt=opt,
+                           extra_files={"sft_config.json": asdict(cfg), "trainer_state.json": {"step": step}})
 
 
-@functools.lru_cache(maxsize=2)
-def _perm(n, seed):  # one seeded permutation per epoch: the data order of any world size and of a resumed run
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-
-
-def save_checkpoint(cfg, model, opt, tok, step, rank):
-    """HF-format weights (model.save) + optimizer + step, written to a temp dir and renamed over out_dir."""
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)  # gathered on rank 0
-    sd, osd = get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, opt, options=opts)
-    if rank == 0:
-        with torch.device("meta"):
-            plain = M.LLaDA(model.config)
-        plain.load_state_dict(sd, assign=True)
-        out = cfg.out_dir.rstrip("/")
-        M.save(plain, tok, out + ".saving",
-               extra_files={"sft_config.json": asdict(cfg), "trainer_state.json": {"step": step}})
-        torch.save(osd, os.path.join(out + ".saving", "optim.pt"))
-        if os.path.exists(out):
-            os.replace(out, out + ".old")
-        os.replace(out + ".saving", out)
-        shutil.rmtree(out + ".old", ignore_errors=True)
-    if dist.is_initialized():
-        dist.barrier()
+def lr_at(step, total, cfg):
+    """Linear warmup, then cosine decay to min_lr_ratio * lr (LLaDA's SFT schedule)."""
+    return launch.lr_at(step, total, cfg.lr, cfg.warmup, cfg.min_lr_ratio, decay="cosine")
 
 
 def train(cfg):
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: NCCL on GPU, gloo on CPU
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    rank, world, device = launch.setup_dist()
     log = print if rank == 0 else (lambda *a, **k: None)
     log(json.dumps(asdict(cfg), indent=1))
     model, tok = build_model(cfg)
@@ -231,25 +192,17 @@ def train(cfg):
     log(f"world {world} x micro_batch {cfg.micro_batch} x accumulation {accum} = global batch {cfg.global_batch}; "
         f"{total} steps; {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params")
     model.gradient_checkpointing = cfg.grad_ckpt
-    model.to(device).train()
-    if world > 1:
-        from torch.distributed.fsdp import fully_shard
-        mesh = dist.device_mesh.init_device_mesh(device.type, (world,))
-        for module in [*model.model.transformer.blocks, model]:  # per block, then the root (embeddings, head)
-            fully_shard(module, mesh=mesh)
+    model = launch.fsdp(model.to(device).train(), device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     state = os.path.join(cfg.out_dir, "trainer_state.json")
     start = json.load(open(state))["step"] if cfg.resume and os.path.exists(state) else 0
     if start:  # build_model loaded the weights; the data order and the draws are functions of the step
-        osd = torch.load(os.path.join(cfg.out_dir, "optim.pt"), weights_only=False) if rank == 0 else {}
-        set_optimizer_state_dict(model, opt, osd,
-                                 options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=world > 1))
+        launch.load_optimizer(model, opt, cfg.out_dir)
         log(f"resumed from {cfg.out_dir} at step {start}")
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
     t0 = time.time()
     for step in range(start, total):
-        idx = [_perm(len(pairs), cfg.seed + pos // len(pairs))[pos % len(pairs)]  # dataset index of each global slot
-               for pos in range(step * cfg.global_batch, (step + 1) * cfg.global_batch)]
+        idx = launch.data_order(len(pairs), cfg.seed, range(step * cfg.global_batch, (step + 1) * cfg.global_batch))
         mine = list(range(rank * per_rank, (rank + 1) * per_rank))  # positions in the global batch
         micro = [collate([pairs[idx[j]] for j in mine[k:k + cfg.micro_batch]], mine[k:k + cfg.micro_batch], step,
                          cfg, tok.eos_token_id) for k in range(0, per_rank, cfg.micro_batch)]
@@ -282,7 +235,7 @@ def train(cfg):
             log(f"step {step + 1}/{total} loss {loss_sum.item():.4f} lr {lr_at(step, total, cfg):.2e} "
                 f"gnorm {gnorm.item():.3f} {time.time() - t0:.0f}s")
         if step + 1 in (total, cfg.stop_at) or (step + 1) % cfg.save_every == 0:
-            save_checkpoint(cfg, model, opt, tok, step + 1, rank)
+            save_checkpoint(cfg, model, opt, tok, step + 1)
         if step + 1 == cfg.stop_at:
             break
     log(f"saved {cfg.out_dir}; {time.time() - t0:.0f}s")
@@ -306,7 +259,7 @@ def rewrite(cfg):
         with torch.no_grad():  # one token past the cap tells an over-long rewrite
             row = lm.generate(**enc, max_new_tokens=cfg.rewrite_cap + 1, do_sample=False,
                               pad_token_id=tok.pad_token_id or tok.eos_token_id)[0, enc["input_ids"].shape[1]:]
-        row = row[:int((row == tok.eos_token_id).nonzero()[0])] if (row == tok.eos_token_id).any() else row
+        row = sample.until_stop(row, {tok.eos_token_id})
         out = tok.decode(row, skip_special_tokens=True).strip()
         if len(row) > cfg.rewrite_cap:
             n_cap += 1
