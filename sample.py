@@ -46,6 +46,7 @@ Deviations from LLaDA's generate.py (token-identical at temperature 0 on an fp32
 Shapes: B batch, P prompt length, L gen_length, V vocab, K block_length.
 """
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 
@@ -122,7 +123,8 @@ def generate(model, prompt_ids, *, gen_length, block_length, steps, temperature=
     the output cuts at either). threshold, cache: fast mode (module docstring); None, None is LLaDA's sampler.
     lockstep: None, or f(need: bool) -> bool called by every process at every step, True when any process needs
     that step's forward (under FSDP every rank must run every forward, so a process whose rows have nothing to do
-    runs a discarded one; igpo/eval pass an all_reduce of `need`)."""
+    runs a discarded one; igpo/eval pass an all_reduce of `need`). Under torch.distributed without a lockstep,
+    every process runs every step's forward: safe for FSDP, but without the savings of skipped steps."""
     mask_id = model.config.mask_token_id if mask_id is None else mask_id
     eos = model.config.eos_token_id
     B, P = prompt_ids.shape
@@ -146,6 +148,8 @@ def generate(model, prompt_ids, *, gen_length, block_length, steps, temperature=
     rows = torch.arange(B, device=x.device)  # original index of each row still in the batch
     stops = torch.tensor(sorted(stop_ids or [eos]), device=x.device)
     draw = temperature > 0 or remasking == "random"
+    if lockstep is None and dist.is_initialized() and dist.get_world_size() > 1:
+        lockstep = lambda need: True  # noqa: E731
     step = 0
     for b in range(num_blocks):
         s, e = P + b * block_length, P + (b + 1) * block_length

@@ -2,10 +2,10 @@
 time (rollout, inpainting, rewards, old/ref log-probs, update), and the step's wall divided by the sum of the
 forward and backward passes it needs, each timed alone on the same shapes (1.00 = nothing but the model runs).
 
-    python bench/rl_step.py [--ckpt checkpoints/task-sft] [--early_exit]
-One rollout batch (make_batch) and its mu updates, as igpo.train runs them on one process. Phases are read by
-wrapping igpo's functions (rollout, rewards, inpaint_groups, token_logps, update) with a clock; a call inside
-another is charged to the inner one only. Every model call is recorded (shape, grad) by a forward hook.
+    python bench/rl_step.py [--early_exit] [-- igpo flags, e.g. --model checkpoints/task-sft]
+One rollout batch (igpo.make_batch) and its mu updates, as igpo.train runs them on one process. Phases are read by
+wrapping igpo's functions (PHASES) with a clock; a call inside another is charged to the inner one only, and the
+table names it by its call path. Every model call is recorded (shape, grad, seconds) by forward hooks.
 --early_exit turns on sample.generate's early exit for the step's rollouts (exact for the text up to EOS).
 """
 import argparse
@@ -19,9 +19,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import igpo  # noqa: E402
+import launch  # noqa: E402
 import sample  # noqa: E402
 
-PHASES = ["rollout", "rewards", "inpaint_groups", "token_logps", "update"]
+PHASES = ["roll_out", "sample_rows", "rewards", "rescue", "inpaint_groups", "old_logps", "estimate_logps", "update"]
 
 
 class Clock:
@@ -76,32 +77,30 @@ def time_alone(net, rows, length, grad, reps=2):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--ckpt", default="checkpoints/task-sft", help="task SFT checkpoint (python sft.py)")
     p.add_argument("--early_exit", action="store_true", help="rollouts with sample.generate(early_exit=True)")
     p.add_argument("--batch_idx", type=int, default=0, help="which rollout batch of the run")
-    a = p.parse_args()
+    a, rest = p.parse_known_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    cfg = igpo.Config(**{**igpo.PRESETS["task"], "model": a.ckpt})
+    cfg = launch.parse_config(igpo.Config, igpo.PRESETS, argv=rest)
     if a.early_exit:
-        generate = sample.generate
-        sample.generate = functools.partial(generate, early_exit=True)
+        sample.generate = functools.partial(sample.generate, early_exit=True)
     torch.manual_seed(cfg.seed)
-    policy, ref, tok = igpo.build(cfg, "cpu")
+    policy, ref, tok = igpo.build(cfg, torch.device("cpu"))
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     items, messages = igpo.load_prompts(cfg)
     mine, first = igpo.batch_items(items, a.batch_idx, cfg, 0, 1)
     clock, calls = Clock(), []
     for name in PHASES:
-        setattr(igpo, name, clock.wrap(getattr(igpo, name)))
+        if hasattr(igpo, name):  # the phase names of igpo.py as of this script; a renamed one is simply not split
+            setattr(igpo, name, clock.wrap(getattr(igpo, name)))
     hooks = [h for net in (policy, ref) if net is not None for h in record_calls(net, calls)]
     t0 = time.perf_counter()
     policy.eval()
-    b, m = igpo.make_batch(policy, ref, tok, mine, messages, cfg, a.batch_idx, first, 0, "cpu")
-    b["idx"] = a.batch_idx
+    b = igpo.make_batch(policy, ref, tok, mine, messages, cfg, a.batch_idx, first, torch.device("cpu"), {})
     policy.train()
     t_opt = time.perf_counter()
     for j in range(cfg.mu):
-        igpo.update(policy, opt, b, j, cfg, 1)
+        igpo.update(policy, b, j, cfg, 1)
         torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -110,8 +109,9 @@ def main():
         v for k, v in clock.total.items() if k.startswith("update/"))
     for h in hooks:
         h.remove()
-    print(f"task preset: {len(mine)} prompts x G={cfg.G}, gen {cfg.gen_length}, mu {cfg.mu}, early exit "
-          f"{a.early_exit}; all-wrong groups {m['all_wrong_before']}, rescued {m['rescued']}; "
+    wrong = int(igpo.all_wrong(b.correct_policy, cfg.G).sum())
+    print(f"{len(mine)} prompts x G={cfg.G}, gen {cfg.gen_length}, mu {cfg.mu}, logp {cfg.logp}, early exit "
+          f"{a.early_exit}; all-wrong groups {wrong}, rows replaced {int(b.replaced.sum())}; "
           f"threads {torch.get_num_threads()}")
     print(f"{'phase (exclusive time)':36s} {'s':>8s} {'share':>6s}")
     for path, t in sorted(clock.total.items(), key=lambda kv: -kv[1]):
