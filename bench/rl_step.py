@@ -33,7 +33,7 @@ class Clock:
     def wrap(self, fn):
         @functools.wraps(fn)
         def timed(*a, **kw):
-            path = "/".join([f for f, _ in self.stack] + [fn.__name__])
+            path = f"{self.stack[-1][0]}/{fn.__name__}" if self.stack else fn.__name__
             self.stack.append([path, 0.0])
             t = time.perf_counter()
             try:
