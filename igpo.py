@@ -33,6 +33,7 @@ Launch:  python igpo.py                                    # embedded task, tiny
 Shapes: B rollouts on this rank (= prompts x G), G group, P prompt length, L gen_length, V vocab.
 """
 import contextlib
+import glob
 import json
 import math
 import os
@@ -99,6 +100,7 @@ class Config:
     save_every: int = 100              # optimizer steps between checkpoints (and one at the end)
     eval_every: int = 0                # optimizer steps between evaluations; 0 = only at the end
     eval_limit: int = 200              # test problems per evaluation; 0 = no evaluation
+    eval_start: bool = True            # also evaluate the initial policy (the SFT start) before the first step
 
 
 # `python igpo.py` = the embedded task on a CPU; `--preset paper` = the paper's run.
@@ -493,6 +495,8 @@ def train(cfg):
         with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
             json.dump(asdict(cfg), f, indent=1)
     metrics_f = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") if rank == 0 else None
+    start = run_eval(policy, tok, cfg, 0, metrics_f, log) if cfg.eval_limit and cfg.eval_start else None
+    accs = []  # on-policy accuracy of each rollout batch, for the closing summary
     bar = tqdm(range(cfg.steps), disable=rank != 0, desc="igpo" if cfg.inpaint else "grpo")
     for step in bar:
         stats, times = {}, {}
@@ -514,6 +518,8 @@ def train(cfg):
             opt.step()
             opt.zero_grad(set_to_none=True)
         row.update(step=step + 1, lr=lr_at(step, cfg), grad_norm=float(gnorm), t_update=times["t_update"])
+        if "acc" in row:
+            accs.append(row["acc"])
         if rank == 0:
             metrics_f.write(json.dumps(row) + "\n")
             metrics_f.flush()
@@ -522,14 +528,29 @@ def train(cfg):
         if (step + 1) % cfg.save_every == 0 or last:
             save(policy, tok, cfg, step + 1)
         if cfg.eval_limit and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
-            res = evaluate(policy, tok, cfg)
-            lo, hi = res["ci95"]
-            log(f"step {step + 1}: test {res['metric']} {res['accuracy']:.3f} (95% CI {lo:.3f}-{hi:.3f})")
-            if rank == 0:
-                metrics_f.write(json.dumps(dict(step=step + 1, eval=res)) + "\n")
-                metrics_f.flush()
+            res = run_eval(policy, tok, cfg, step + 1, metrics_f, log)
+    q = max(1, len(accs) // 4)
+    log(f"on-policy accuracy (T = {cfg.temperature}): first quarter of the run {sum(accs[:q]) / q:.3f} -> last "
+        f"quarter {sum(accs[-q:]) / q:.3f}")
+    if start is not None and cfg.eval_limit:
+        log(f"test {res['metric']}: start {fmt_acc(start)} -> after {cfg.steps} steps {fmt_acc(res)}")
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def run_eval(policy, tok, cfg, step, metrics_f, log):
+    """evaluate(), logged and appended to metrics.jsonl; per-problem rows go to out_dir/eval/step-N.jsonl."""
+    res = evaluate(policy, tok, cfg, os.path.join(cfg.out_dir, "eval", f"step-{step}.jsonl"))
+    log(f"step {step}: test {fmt_acc(res)}")
+    if metrics_f is not None:
+        metrics_f.write(json.dumps(dict(step=step, eval=res)) + "\n")
+        metrics_f.flush()
+    return res
+
+
+def fmt_acc(res):
+    lo, hi = res["ci95"]
+    return f"{res['metric']} {res['accuracy']:.3f} (95% CI {lo:.3f}-{hi:.3f}, n = {res['n_problems']})"
 
 
 def save(policy, tok, cfg, step):
@@ -538,16 +559,24 @@ def save(policy, tok, cfg, step):
                            extra_files={"igpo_config.json": asdict(cfg), "trainer_state.json": {"step": step}})
 
 
-def evaluate(policy, tok, cfg):
-    """Greedy test accuracy with eval.py's protocol: the embedded task's test split, else GSM8K test."""
+def evaluate(policy, tok, cfg, out_path):
+    """Greedy test accuracy with eval.py's protocol: the embedded task's test split, else GSM8K test. Rows of an
+    earlier run at out_path are discarded first (eval.py would resume from them)."""
     import eval as E
     policy.eval()
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        os.makedirs(os.path.dirname(out_path), exist_ok=True)
+        for f in [out_path, *glob.glob(glob.escape(out_path) + ".rank*.part")]:
+            if os.path.exists(f):
+                os.remove(f)
+    if dist.is_initialized():
+        dist.barrier()
     if cfg.data == "task":
         items, proto, messages = data.task_splits()["test"], E.protocol("task"), data.task_messages
     else:
         items, proto, messages = data.load_split("gsm8k", "test"), E.protocol("gsm8k"), data.build_messages
     return E.evaluate(policy, tok, items[:cfg.eval_limit], proto, messages=messages, batch_size=cfg.micro_batch,
-                      seed=cfg.seed, desc="eval")
+                      seed=cfg.seed, desc="eval", out_path=out_path)
 
 
 # ------------------------------------------------------------------------------------ metrics (kept out of the
@@ -569,6 +598,7 @@ def batch_stats(b, cfg):
                 all_wrong_after=(float(all_wrong(b.correct, cfg.G).sum()), groups),
                 rescued=(float(b.replaced.view(-1, cfg.G).any(1).sum()), float(wrong_before.sum())),
                 replaced=(float(b.replaced.sum()), B),
+                spent=(B + (cfg.G * float(wrong_before.sum()) if cfg.inpaint else 0.0), B),  # rollouts sampled
                 hint_frac=(float(b.hint.sum()), float(b.lmask.sum())), comp_len=(float(b.lmask.sum()), B),
                 ent_hint=(float((ent * hint).sum()), float(hint.sum())),
                 ent_gen=(float((ent * gen).sum()), float(gen.sum())))
