@@ -198,8 +198,8 @@ def memory_tables(a):
     print(f"| rollout {a.rollout_batch} rows x {L} tokens, no grad | {' | '.join(f'{roll:.2f}' for _ in columns)} "
           f"| {fits(base, dict.fromkeys(columns, roll), budget)} |")
     print(f"\nfits = static sum + peak <= {budget:.0f} GiB ({a.gpu_gb:.0f} GiB less {a.headroom:.0%} headroom). "
-          f"Rows are distinct rows: with d1's estimator (completion fully masked, p_mask_prompt 0) the G rollouts of a prompt "
-          f"are one row, so the log-prob and update forwards run 1 row per {a.G} rollouts.")
+          f"Rows are distinct rows: with d1's estimator (completion fully masked, p_mask_prompt 0) the G rollouts "
+          f"of a prompt are one row, so the log-prob and update forwards run 1 row per {a.G} rollouts.")
     return static, n_train
 
 
