@@ -16,6 +16,7 @@ Deviations from LLaDA's modeling_llada.py (numbered, all behaviour-preserving on
  3. No KV cache, no dropout (LLaDA-8B's are 0.0; `save` writes them, as LLaDA's code defaults to 0.1), no block groups.
  4. LoRA keeps each base weight under its LLaDA key and adds peft's lora_A/lora_B. The official peft target list
     names Llama modules; on LLaDA it matches only q_proj, k_proj, v_proj and up_proj, which is LORA_TARGETS.
+
 Use:  python model.py              # demo: tiny random model + sampler on CPU
       m, tok = load("GSAI-ML/LLaDA-8B-Instruct", dtype=torch.bfloat16, device="cuda")   # when online
 Shapes: B batch, L sequence length, D d_model, H heads, Hd head dim, V vocab.

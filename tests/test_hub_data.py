@@ -14,7 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
 
 # MetaMathQA rows: query, response, type, original_question (meta-math/MetaMathQA, MetaMathQA-395K.json)
-WENG = "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. How much did she earn?"
+WENG = ("Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. "
+        "How much did she earn?")
 METAMATH = [
     dict(query=WENG, response="Weng earns $12 per hour.\nShe worked 50/60 = 5/6 of an hour.\nSo she earned "
          "$12 * 5/6 = $10.\n#### 10\nThe answer is: 10", type="GSM_AnsAug", original_question=WENG),
