@@ -94,6 +94,10 @@ class Config:
     correct_weight: float = 3.0        # correctness reward (O)
     format_weight: float = 1.0         # scale of reward.format_reward (O: 0.125 per tag + 0.25 for \boxed)
     reward_rule: str = "official"      # correctness: official (O: first \boxed, 0 without) | lenient (eval.py's)
+    lora_rank: int = 128               # LoRA rank on the block projections (O: 128); 0 = full fine-tuning
+    lora_alpha: float = 64.0           # LoRA scale alpha / rank (O: 64)
+    lora_dropout: float = 0.05         # dropout on the adapter's input (O)
+    lora_targets: str = "q_proj,k_proj,v_proj,up_proj"  # adapted projections (O's peft list, matched on LLaDA)
     bf16: bool = True                  # bf16 autocast on GPU; ignored on CPU
     grad_ckpt: bool = True             # activation checkpointing per block (needed at 8B)
     seed: int = 0                      # data order, rollouts, hints, mask seeds
@@ -111,7 +115,7 @@ PRESETS = {
                  block_length=data.TASK_SAMPLING["block_length"], diffusion_steps=data.TASK_SAMPLING["steps"],
                  temperature=data.TASK_SAMPLING["temperature"], chunk=(2, 4), reserve=data.TASK_HINT_RESERVE,
                  lr=1e-4, warmup=5, grad_clip=1.0, grad_ckpt=False, save_every=40, eval_every=0,
-                 eval_limit=500, ratio="token"),
+                 eval_limit=500, ratio="token", lora_rank=0),
     "paper": dict(),
 }
 
@@ -263,7 +267,7 @@ def group_advantages(total, G):
 def old_logps(policy, ref, b, cfg):
     """Per iteration j of μ: old-policy log-probs and entropies, and reference log-probs, each (B, L), from the
     estimator inputs that the update of iteration j will use too (the same for every j unless d1 masks prompts)."""
-    old, ent, refs = [], [], [] if ref is not None else None
+    old, ent, refs = [], [], [] if cfg.beta > 0 else None
     with torch.no_grad():
         for j in range(cfg.mu):
             if j > 0 and not (cfg.logp == "d1" and cfg.p_mask_prompt > 0):  # same inputs as j = 0
@@ -276,10 +280,19 @@ def old_logps(policy, ref, b, cfg):
                      for k in range(0, len(b.comp), cfg.micro_batch)]
             old.append(torch.cat([p[0] for p in parts]))
             ent.append(torch.cat([p[1] for p in parts]))
-            if ref is not None:
-                refs.append(torch.cat([estimate_logps(ref, inputs, attn, b.comp, slice(k, k + cfg.micro_batch))[0]
-                                       for k in range(0, len(b.comp), cfg.micro_batch)]))
+            if refs is not None:
+                refs.append(reference_logps(policy, ref, inputs, attn, b.comp, cfg.micro_batch))
     return old, ent, refs
+
+
+def reference_logps(policy, ref, inputs, attn, comp, micro_batch):
+    """Reference log-probs (B, L): the frozen copy, or (LoRA) the policy with its adapter off."""
+    net = ref if ref is not None else policy
+    with contextlib.ExitStack() as stack:
+        if ref is None:
+            stack.enter_context(M.lora_disabled(policy))
+        return torch.cat([estimate_logps(net, inputs, attn, comp, slice(k, k + micro_batch))[0]
+                          for k in range(0, len(comp), micro_batch)])
 
 
 def estimator_inputs(b, j, cfg, mask_id):
@@ -449,8 +462,9 @@ def batch_items(items, batch_idx, cfg, rank, world):
 
 
 def build(cfg, device):
-    """(policy, reference or None, tokenizer): the policy from cfg.model, and a frozen copy of it when beta > 0.
-    Only the task preset's own default path is trained on the fly (by sft.py) when missing."""
+    """(policy, reference or None, tokenizer): the policy from cfg.model, and a frozen copy of it when beta > 0
+    under full fine-tuning (with LoRA the reference is the policy with its adapter off: no copy). Only the task
+    preset's own default path is trained on the fly (by sft.py) when missing."""
     if not os.path.exists(os.path.join(cfg.model, "config.json")) and cfg.model == TASK_DEFAULT_MODEL:
         if dist.is_initialized():
             raise SystemExit(f"{cfg.model} is missing: run `python sft.py` once before torchrun")
@@ -460,8 +474,9 @@ def build(cfg, device):
         raise SystemExit(f"--model {cfg.model}: no such directory (the task model is made by `python sft.py "
                          f"--out_dir {cfg.model}`)")
     policy, tok = M.load(cfg.model, device=device)
+    M.add_lora(policy, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, tuple(cfg.lora_targets.split(",")))
     ref = None
-    if cfg.beta > 0:
+    if cfg.beta > 0 and not cfg.lora_rank:
         ref, _ = M.load(cfg.model, device=device)
         ref.requires_grad_(False)
     return policy, ref, tok
@@ -488,7 +503,8 @@ def train(cfg):
     policy, ref, tok = build(cfg, device)
     policy.gradient_checkpointing = cfg.grad_ckpt
     policy, ref = launch.fsdp(policy, device), ref and launch.fsdp(ref, device)
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    params = [p for p in policy.parameters() if p.requires_grad]  # LoRA: the adapters only
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     items, messages = load_prompts(cfg)
     os.makedirs(cfg.out_dir, exist_ok=True)
     if rank == 0:

@@ -172,11 +172,8 @@ def save_checkpoint(model, tok, path, extra_files, opt=None):
     if opt is not None:
         osd = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not dist.is_initialized() or dist.get_rank() == 0:
-        with torch.device("meta"):
-            plain = M.LLaDA(model.config)
-        plain.load_state_dict(sd, assign=True)
         path = path.rstrip("/")
-        M.save(plain, tok, path + ".saving", extra_files=extra_files)
+        M.save(model, tok, path + ".saving", extra_files=extra_files, state_dict=sd)  # LoRA: merged + adapter/
         if osd is not None:
             torch.save(osd, os.path.join(path + ".saving", "optim.pt"))
         if os.path.exists(path):

@@ -349,7 +349,7 @@ def load(path, dtype=torch.float32, device="cpu"):
     from transformers.utils import logging as hf_logging
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # AutoTokenizer reads config.json and warns that "llada" is no HF model type
-    tokenizer = AutoTokenizer.from_pretrained(path)  # the tokenizer needs no remote code
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)  # never prompts: no remote code
     hf_logging.set_verbosity(verbosity)
     return model.eval(), tokenizer
 

@@ -174,3 +174,51 @@ def test_fsdp_mixed_precision_compile_and_checkpointing(tmp_path):
     num = sum(((bf["grads"][k] - g) ** 2).sum() for k, g in ref["grads"].items())
     den = sum((g ** 2).sum() for g in ref["grads"].values())
     assert 1e-6 < (num / den).sqrt() < 0.1  # bf16 rounding is there (so bf16 ran), and small
+
+
+def test_igpo_with_lora_trains_only_the_adapter_and_uses_the_base_as_reference(tmp_path, monkeypatch):
+    """igpo.py --lora_rank 4: the reference log-probs are the base model's (adapter off, no second copy), only the
+    adapters move, and the merged checkpoint equals base + (alpha/r) B A of the saved adapter."""
+    import data
+    import igpo
+    import launch
+    tok = data.task_tokenizer()
+    mc = model.ModelConfig(d_model=32, n_layers=2, n_heads=2, n_kv_heads=2, mlp_hidden_size=64, vocab_size=len(tok),
+                           embedding_size=len(tok), mask_token_id=tok.mask_token_id, eos_token_id=tok.eos_token_id,
+                           pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model.save(model.LLaDA(mc).init_weights(std=0.1), tok, tmp_path / "base")
+    cfg = launch.parse_config(igpo.Config, igpo.PRESETS, [
+        "--model", str(tmp_path / "base"), "--steps", "2", "--mu", "2", "--prompts_per_step", "2", "--G", "4",
+        "--gen_length", "16", "--block_length", "8", "--diffusion_steps", "4", "--micro_batch", "8", "--chunk", "2,3",
+        "--reserve", "2", "--eval_limit", "0", "--warmup", "1", "--lr", "1e-2", "--lora_rank", "4", "--beta", "0.01",
+        "--out_dir", str(tmp_path / "run")])
+    pol, ref, tok = igpo.build(cfg, torch.device("cpu"))
+    assert ref is None and {n for n, p in pol.named_parameters() if p.requires_grad} == {
+        n for n in dict(pol.named_parameters()) if ".lora_" in n}
+    base, _ = model.load(tmp_path / "base")
+    b = igpo.make_batch(pol, ref, tok, data.task_splits()["rl"][:2], data.task_messages, cfg, 0, 0,
+                        torch.device("cpu"), {})
+    with torch.no_grad():
+        for p in pol.parameters():
+            if ".lora_B" in next(n for n, q in pol.named_parameters() if q is p):
+                p.normal_()  # an adapter that changes the policy: the reference must still be the base
+    inputs, attn = igpo.estimator_inputs(b, 0, cfg, pol.config.mask_token_id)
+    with torch.no_grad():
+        want = igpo.estimate_logps(base, inputs, attn, b.comp, slice(0, 8))[0]
+        got = igpo.reference_logps(pol, None, inputs, attn, b.comp, 8)
+        moved = igpo.estimate_logps(pol, inputs, attn, b.comp, slice(0, 8))[0]
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    assert not torch.allclose(moved, want)
+    def alternating(tok, completions, golds, cfg):  # a reward signal a random model cannot earn by itself
+        correct = torch.tensor([3.0 * (i % 2) for i in range(len(completions))])
+        return correct, correct
+    monkeypatch.setattr(igpo, "rewards", alternating)
+    igpo.train(cfg)
+    merged, _ = model.load(tmp_path / "run" / "step-2")
+    adapter = model.load_adapter(model.load(tmp_path / "base")[0], tmp_path / "run" / "step-2" / "adapter")
+    model.merge_lora(adapter)
+    sd = {k: v for k, v in adapter.state_dict().items() if ".lora_" not in k}
+    for k, v in merged.state_dict().items():
+        torch.testing.assert_close(v, sd[k], atol=1e-6, rtol=0)
+    assert any(not torch.equal(v, base.state_dict()[k]) for k, v in merged.state_dict().items())
