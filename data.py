@@ -1,7 +1,9 @@
 """Datasets and prompt formatting shared by sft.py, igpo.py and eval.py, and the embedded task.
 
 Real benchmarks (first part): GSM8K, MATH500, MATH train, AMC23 and AIME24, read in place from local JSONL
-(../shared/data, provenance in its SOURCES.md; never copied into the repo) or, when online, from the HF hub.
+(../shared/data, provenance in its SOURCES.md; never copied into the repo) or, when online, from the HF hub; and
+MetaMathQA, the official RL prompts (hub, or its MetaMathQA-395K.json): GSM_AnsAug + MATH_AnsAug rows, each
+query once, the gold answer after "The answer is:" (igpo utils/data_utils.py get_metamath_questions).
 Every loader returns a list of items {id, question, answer (gold str), solution (reference trace or None)}:
 the trace is what IGPO's inpainting reveals chunks of, the answer is what reward.is_equiv checks.
 The prompt is the official IGPO format instruction followed by the question, in LLaDA's chat template with
@@ -11,6 +13,8 @@ The embedded task (a toy benchmark small enough to train on a CPU) is the second
 Deviations: 1. the MATH train split on the hub path is EleutherAI/hendrycks_math (7500 problems); the local file
 holds PRM800K's 12000-problem train split (MATH train + 4500 MATH test problems not in MATH500).
 2. GSM8K traces drop the `<<48/2=24>>` calculator annotations (as d1/IGPO SFT data do).
+3. MetaMathQA: a response without "The answer is:" is skipped with a warning (official: the whole response, or
+the text after "####", becomes the gold answer). The trace is the response before that line.
 Use: `items = load_split("gsm8k", "test")`; `python data.py` prints the counts and one prompt per benchmark.
 """
 import json
@@ -59,7 +63,9 @@ BENCHMARKS = {
     "amc23": dict(file="amc23/test.jsonl", hub="math-ai/amc23", fields=("question", "answer")),
     "aime24": dict(file="aime24/test.jsonl", hub="HuggingFaceH4/aime_2024", hub_split="train",
                    fields=("problem", "answer")),
+    "metamath": dict(file="metamath/{split}.jsonl", hub="meta-math/MetaMathQA", fields=("query", "response", "type")),
 }
+METAMATH_TYPES = ("GSM_AnsAug", "MATH_AnsAug")  # the official RL prompts: MetaMathQA's answer-augmented rows
 
 
 def _to_item(name: str, split: str, i: int, row: dict) -> dict:
@@ -85,11 +91,22 @@ def _to_item(name: str, split: str, i: int, row: dict) -> dict:
     if name == "aime24":
         return dict(id=f"aime24-{row.get('id', i)}", question=row["problem"], answer=str(row["answer"]),
                     solution=row.get("solution"))
+    if name == "metamath":
+        trace, sep, gold = row["response"].rpartition("The answer is:")
+        if not sep or not gold.strip():
+            return None  # deviation 3
+        trace = re.sub(r"\n?#### [^\n]*$", "", trace.strip())  # GSM rows repeat the answer as "#### 10" first
+        return dict(id=f"metamath-{split}-{i}", question=row["query"], answer=gold.strip(), solution=trace)
     raise KeyError(name)
 
 
 def _local_rows(path: Path):
-    """(line number, row) of a JSONL file; bad JSON is an error naming the file and the line."""
+    """(line number, row) of a JSONL file; bad JSON is an error naming the file and the line. A .json file is
+    one JSON array (MetaMathQA-395K.json as published); its rows are numbered from 1."""
+    if path.suffix == ".json":
+        with open(path, encoding="utf-8") as f:
+            yield from enumerate(json.load(f), 1)
+        return
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -110,15 +127,15 @@ def _hub_rows(spec: dict, split: str):
 
 
 def load_split(name: str, split: str = "test", source: str | None = None) -> list[dict]:
-    """Items of benchmark `name` (gsm8k | math500 | math | amc23 | aime24). source: a JSONL path, a hub id, or
-    None = ../shared/data when present, else the hub. A malformed row is a ValueError naming file and line."""
+    """Items of benchmark `name` (gsm8k | math500 | math | amc23 | aime24 | metamath). source: a JSONL path, a hub
+    id, or None = ../shared/data when present, else the hub. A malformed row is a ValueError naming file and line."""
     spec = BENCHMARKS[name]
     local = DATA_DIR / spec["file"].format(split=split)
     if source is None:
         source = str(local) if local.exists() else spec["hub"]
     is_file = source.endswith((".jsonl", ".json")) or Path(source).exists()
     rows = _local_rows(Path(source)) if is_file else _hub_rows({**spec, "hub": source}, split)
-    items, skipped = [], []
+    items, skipped, seen = [], [], set()
     for n, row in rows:
         where = f"{source}:{n}" if is_file else f"{source} [{split}] row {n}"
         if not isinstance(row, dict):
@@ -126,6 +143,10 @@ def load_split(name: str, split: str = "test", source: str | None = None) -> lis
         missing = [k for k in spec["fields"] if row.get(k) is None]
         if missing:
             raise ValueError(f"{where}: missing field(s) {missing}")
+        if name == "metamath":  # official filter and deduplication (by the query text, first row kept)
+            if row["type"] not in METAMATH_TYPES or row["query"] in seen:
+                continue
+            seen.add(row["query"])
         try:
             item = _to_item(name, split, n - 1, row)
         except (ValueError, KeyError, AttributeError, TypeError) as e:

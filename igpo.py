@@ -33,6 +33,7 @@ Launch:  python igpo.py                                    # embedded task, tiny
 Shapes: B rollouts on this rank (= prompts x G), G group, P prompt length, L gen_length, V vocab.
 """
 import contextlib
+import glob
 import json
 import math
 import os
@@ -93,12 +94,17 @@ class Config:
     correct_weight: float = 3.0        # correctness reward (O)
     format_weight: float = 1.0         # scale of reward.format_reward (O: 0.125 per tag + 0.25 for \boxed)
     reward_rule: str = "official"      # correctness: official (O: first \boxed, 0 without) | lenient (eval.py's)
+    lora_rank: int = 128               # LoRA rank on the block projections (O: 128); 0 = full fine-tuning
+    lora_alpha: float = 64.0           # LoRA scale alpha / rank (O: 64)
+    lora_dropout: float = 0.05         # dropout on the adapter's input (O)
+    lora_targets: str = "q_proj,k_proj,v_proj,up_proj"  # adapted projections (O's peft list, matched on LLaDA)
     bf16: bool = True                  # bf16 autocast on GPU; ignored on CPU
     grad_ckpt: bool = True             # activation checkpointing per block (needed at 8B)
     seed: int = 0                      # data order, rollouts, hints, mask seeds
     save_every: int = 100              # optimizer steps between checkpoints (and one at the end)
     eval_every: int = 0                # optimizer steps between evaluations; 0 = only at the end
     eval_limit: int = 200              # test problems per evaluation; 0 = no evaluation
+    eval_start: bool = True            # also evaluate the initial policy (the SFT start) before the first step
 
 
 # `python igpo.py` = the embedded task on a CPU; `--preset paper` = the paper's run.
@@ -109,7 +115,7 @@ PRESETS = {
                  block_length=data.TASK_SAMPLING["block_length"], diffusion_steps=data.TASK_SAMPLING["steps"],
                  temperature=data.TASK_SAMPLING["temperature"], chunk=(2, 4), reserve=data.TASK_HINT_RESERVE,
                  lr=1e-4, warmup=5, grad_clip=1.0, grad_ckpt=False, save_every=40, eval_every=0,
-                 eval_limit=500, ratio="token"),
+                 eval_limit=500, ratio="token", lora_rank=0),
     "paper": dict(),
 }
 
@@ -261,7 +267,7 @@ def group_advantages(total, G):
 def old_logps(policy, ref, b, cfg):
     """Per iteration j of μ: old-policy log-probs and entropies, and reference log-probs, each (B, L), from the
     estimator inputs that the update of iteration j will use too (the same for every j unless d1 masks prompts)."""
-    old, ent, refs = [], [], [] if ref is not None else None
+    old, ent, refs = [], [], [] if cfg.beta > 0 else None
     with torch.no_grad():
         for j in range(cfg.mu):
             if j > 0 and not (cfg.logp == "d1" and cfg.p_mask_prompt > 0):  # same inputs as j = 0
@@ -274,10 +280,19 @@ def old_logps(policy, ref, b, cfg):
                      for k in range(0, len(b.comp), cfg.micro_batch)]
             old.append(torch.cat([p[0] for p in parts]))
             ent.append(torch.cat([p[1] for p in parts]))
-            if ref is not None:
-                refs.append(torch.cat([estimate_logps(ref, inputs, attn, b.comp, slice(k, k + cfg.micro_batch))[0]
-                                       for k in range(0, len(b.comp), cfg.micro_batch)]))
+            if refs is not None:
+                refs.append(reference_logps(policy, ref, inputs, attn, b.comp, cfg.micro_batch))
     return old, ent, refs
+
+
+def reference_logps(policy, ref, inputs, attn, comp, micro_batch):
+    """Reference log-probs (B, L): the frozen copy, or (LoRA) the policy with its adapter off."""
+    net = ref if ref is not None else policy
+    with contextlib.ExitStack() as stack:
+        if ref is None:
+            stack.enter_context(M.lora_disabled(policy))
+        return torch.cat([estimate_logps(net, inputs, attn, comp, slice(k, k + micro_batch))[0]
+                          for k in range(0, len(comp), micro_batch)])
 
 
 def estimator_inputs(b, j, cfg, mask_id):
@@ -447,8 +462,9 @@ def batch_items(items, batch_idx, cfg, rank, world):
 
 
 def build(cfg, device):
-    """(policy, reference or None, tokenizer): the policy from cfg.model, and a frozen copy of it when beta > 0.
-    Only the task preset's own default path is trained on the fly (by sft.py) when missing."""
+    """(policy, reference or None, tokenizer): the policy from cfg.model, and a frozen copy of it when beta > 0
+    under full fine-tuning (with LoRA the reference is the policy with its adapter off: no copy). Only the task
+    preset's own default path is trained on the fly (by sft.py) when missing."""
     if not os.path.exists(os.path.join(cfg.model, "config.json")) and cfg.model == TASK_DEFAULT_MODEL:
         if dist.is_initialized():
             raise SystemExit(f"{cfg.model} is missing: run `python sft.py` once before torchrun")
@@ -458,8 +474,9 @@ def build(cfg, device):
         raise SystemExit(f"--model {cfg.model}: no such directory (the task model is made by `python sft.py "
                          f"--out_dir {cfg.model}`)")
     policy, tok = M.load(cfg.model, device=device)
+    M.add_lora(policy, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, tuple(cfg.lora_targets.split(",")))
     ref = None
-    if cfg.beta > 0:
+    if cfg.beta > 0 and not cfg.lora_rank:
         ref, _ = M.load(cfg.model, device=device)
         ref.requires_grad_(False)
     return policy, ref, tok
@@ -486,13 +503,16 @@ def train(cfg):
     policy, ref, tok = build(cfg, device)
     policy.gradient_checkpointing = cfg.grad_ckpt
     policy, ref = launch.fsdp(policy, device), ref and launch.fsdp(ref, device)
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    params = [p for p in policy.parameters() if p.requires_grad]  # LoRA: the adapters only
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     items, messages = load_prompts(cfg)
     os.makedirs(cfg.out_dir, exist_ok=True)
     if rank == 0:
         with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
             json.dump(asdict(cfg), f, indent=1)
     metrics_f = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") if rank == 0 else None
+    start = run_eval(policy, tok, cfg, 0, metrics_f, log) if cfg.eval_limit and cfg.eval_start else None
+    accs = []  # on-policy accuracy of each rollout batch, for the closing summary
     bar = tqdm(range(cfg.steps), disable=rank != 0, desc="igpo" if cfg.inpaint else "grpo")
     for step in bar:
         stats, times = {}, {}
@@ -514,6 +534,8 @@ def train(cfg):
             opt.step()
             opt.zero_grad(set_to_none=True)
         row.update(step=step + 1, lr=lr_at(step, cfg), grad_norm=float(gnorm), t_update=times["t_update"])
+        if "acc" in row:
+            accs.append(row["acc"])
         if rank == 0:
             metrics_f.write(json.dumps(row) + "\n")
             metrics_f.flush()
@@ -522,14 +544,29 @@ def train(cfg):
         if (step + 1) % cfg.save_every == 0 or last:
             save(policy, tok, cfg, step + 1)
         if cfg.eval_limit and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
-            res = evaluate(policy, tok, cfg)
-            lo, hi = res["ci95"]
-            log(f"step {step + 1}: test {res['metric']} {res['accuracy']:.3f} (95% CI {lo:.3f}-{hi:.3f})")
-            if rank == 0:
-                metrics_f.write(json.dumps(dict(step=step + 1, eval=res)) + "\n")
-                metrics_f.flush()
+            res = run_eval(policy, tok, cfg, step + 1, metrics_f, log)
+    q = max(1, len(accs) // 4)
+    log(f"on-policy accuracy (T = {cfg.temperature}): first quarter of the run {sum(accs[:q]) / q:.3f} -> last "
+        f"quarter {sum(accs[-q:]) / q:.3f}")
+    if start is not None and cfg.eval_limit:
+        log(f"test {res['metric']}: start {fmt_acc(start)} -> after {cfg.steps} steps {fmt_acc(res)}")
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def run_eval(policy, tok, cfg, step, metrics_f, log):
+    """evaluate(), logged and appended to metrics.jsonl; per-problem rows go to out_dir/eval/step-N.jsonl."""
+    res = evaluate(policy, tok, cfg, os.path.join(cfg.out_dir, "eval", f"step-{step}.jsonl"))
+    log(f"step {step}: test {fmt_acc(res)}")
+    if metrics_f is not None:
+        metrics_f.write(json.dumps(dict(step=step, eval=res)) + "\n")
+        metrics_f.flush()
+    return res
+
+
+def fmt_acc(res):
+    lo, hi = res["ci95"]
+    return f"{res['metric']} {res['accuracy']:.3f} (95% CI {lo:.3f}-{hi:.3f}, n = {res['n_problems']})"
 
 
 def save(policy, tok, cfg, step):
@@ -538,16 +575,24 @@ def save(policy, tok, cfg, step):
                            extra_files={"igpo_config.json": asdict(cfg), "trainer_state.json": {"step": step}})
 
 
-def evaluate(policy, tok, cfg):
-    """Greedy test accuracy with eval.py's protocol: the embedded task's test split, else GSM8K test."""
+def evaluate(policy, tok, cfg, out_path):
+    """Greedy test accuracy with eval.py's protocol: the embedded task's test split, else GSM8K test. Rows of an
+    earlier run at out_path are discarded first (eval.py would resume from them)."""
     import eval as E
     policy.eval()
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        os.makedirs(os.path.dirname(out_path), exist_ok=True)
+        for f in [out_path, *glob.glob(glob.escape(out_path) + ".rank*.part")]:
+            if os.path.exists(f):
+                os.remove(f)
+    if dist.is_initialized():
+        dist.barrier()
     if cfg.data == "task":
         items, proto, messages = data.task_splits()["test"], E.protocol("task"), data.task_messages
     else:
         items, proto, messages = data.load_split("gsm8k", "test"), E.protocol("gsm8k"), data.build_messages
     return E.evaluate(policy, tok, items[:cfg.eval_limit], proto, messages=messages, batch_size=cfg.micro_batch,
-                      seed=cfg.seed, desc="eval")
+                      seed=cfg.seed, desc="eval", out_path=out_path)
 
 
 # ------------------------------------------------------------------------------------ metrics (kept out of the
@@ -569,6 +614,7 @@ def batch_stats(b, cfg):
                 all_wrong_after=(float(all_wrong(b.correct, cfg.G).sum()), groups),
                 rescued=(float(b.replaced.view(-1, cfg.G).any(1).sum()), float(wrong_before.sum())),
                 replaced=(float(b.replaced.sum()), B),
+                spent=(B + (cfg.G * float(wrong_before.sum()) if cfg.inpaint else 0.0), B),  # rollouts sampled
                 hint_frac=(float(b.hint.sum()), float(b.lmask.sum())), comp_len=(float(b.lmask.sum()), B),
                 ent_hint=(float((ent * hint).sum()), float(hint.sum())),
                 ent_gen=(float((ent * gen).sum()), float(gen.sum())))

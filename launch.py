@@ -84,15 +84,25 @@ def setup_dist():
     return rank, world, torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def fsdp(model, device):
-    """FSDP2: shard every block, then the root (embeddings, head). A no-op without a process group."""
+def fsdp(model, device, param_dtype="auto", compile=None):
+    """FSDP2: shard every block, then the root (embeddings, head). A no-op without a process group.
+    Mixed precision the FSDP2 way, not autocast: the shards keep their own dtype (fp32 = the master weights that
+    AdamW updates; a frozen LoRA base may be bf16), each module all-gathers them in `param_dtype` ("auto": bf16 on
+    GPU, none on CPU) and computes in it, gradients are reduce-scattered and kept in fp32. Blocks do not cast their
+    inputs, so RoPE's cos/sin stay fp32 as in LLaDA. compile: a torch.compile backend ("inductor") per block;
+    Module.compile keeps the parameter names. Activation checkpointing is model.gradient_checkpointing."""
     if not dist.is_initialized():
         return model
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    if param_dtype == "auto":
+        param_dtype = torch.bfloat16 if device.type == "cuda" else None
     mesh = dist.device_mesh.init_device_mesh(device.type, (dist.get_world_size(),))
     for block in model.model.transformer.blocks:
-        fully_shard(block, mesh=mesh)
-    return fully_shard(model, mesh=mesh)
+        if compile:
+            block.compile(backend=compile)
+        fully_shard(block, mesh=mesh, mp_policy=MixedPrecisionPolicy(param_dtype, torch.float32,
+                                                                      cast_forward_inputs=False))
+    return fully_shard(model, mesh=mesh, mp_policy=MixedPrecisionPolicy(param_dtype, torch.float32))
 
 
 def all_sum(t):
@@ -162,11 +172,8 @@ def save_checkpoint(model, tok, path, extra_files, opt=None):
     if opt is not None:
         osd = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not dist.is_initialized() or dist.get_rank() == 0:
-        with torch.device("meta"):
-            plain = M.LLaDA(model.config)
-        plain.load_state_dict(sd, assign=True)
         path = path.rstrip("/")
-        M.save(plain, tok, path + ".saving", extra_files=extra_files)
+        M.save(model, tok, path + ".saving", extra_files=extra_files, state_dict=sd)  # LoRA: merged + adapter/
         if osd is not None:
             torch.save(osd, os.path.join(path + ".saving", "optim.pt"))
         if os.path.exists(path):

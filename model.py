@@ -1,4 +1,4 @@
-"""LLaDA, the masked diffusion LM, in plain PyTorch: config, forward pass, HF-format load/save, chat prompts.
+"""LLaDA, the masked diffusion LM, in plain PyTorch: config, forward pass, HF-format load/save, chat prompts, LoRA.
 
 LLaDA-8B (Nie et al. 2025, arXiv 2502.09992) is a Llama-shaped Transformer without the causal mask: it reads a
 sequence in which some tokens are the mask token and predicts every position at once. One block is
@@ -13,14 +13,17 @@ Deviations from LLaDA's modeling_llada.py (numbered, all behaviour-preserving on
  2. `attention_mask` is a pure key-padding mask. No causal term is ever added (copies that added one made the model
     causal under left padding). Positions are absolute (0..L-1) even under left padding; RoPE is relative in q.k,
     so a left-padded row gives the logits of the unpadded row up to float rounding.
- 3. No dropout (all LLaDA dropouts are 0), no block groups. The optional KV cache is the sampler's fast mode
-    (Fast-dLLM's approximate prefix/dual cache); LLaDA's own code has none.
+ 3. No dropout (LLaDA-8B's are 0.0; `save` writes them, as LLaDA's code defaults to 0.1), no block groups.
+ 4. LoRA keeps each base weight under its LLaDA key and adds peft's lora_A/lora_B. The official peft target list
+    names Llama modules; on LLaDA it matches only q_proj, k_proj, v_proj and up_proj, which is LORA_TARGETS.
 
 Use:  python model.py              # demo: tiny random model + sampler on CPU
       m, tok = load("GSAI-ML/LLaDA-8B-Instruct", dtype=torch.bfloat16, device="cuda")   # when online
 Shapes: B batch, L sequence length, D d_model, H heads, Hd head dim, V vocab.
 """
+import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -48,13 +51,14 @@ class ModelConfig:
     pad_token_id: int = 126081          # padding id (= EOS in LLaDA)
     weight_tying: bool = False          # LLaDA-8B has an untied head (model.transformer.ff_out)
     extra: dict = field(default_factory=dict, repr=False)  # other config.json keys, kept for a faithful round trip
+    code: dict = field(default_factory=dict, repr=False)   # {file: text} of the *.py beside config.json (remote code)
 
     @classmethod
     def from_dict(cls, d):
         """Build from a config.json dict; a known field of the wrong type is an error naming it."""
         kw, extra = {}, {}
         for f in fields(cls):
-            if f.name == "extra" or f.name not in d:
+            if f.name in ("extra", "code") or f.name not in d:
                 continue
             v, want = d[f.name], f.type
             if want is float and isinstance(v, int) and not isinstance(v, bool):
@@ -71,7 +75,7 @@ class ModelConfig:
         return cls(**kw, extra=extra)
 
     def to_dict(self):
-        d = {**LLADA_ARCH, **self.extra, **{k: v for k, v in asdict(self).items() if k != "extra"}}
+        d = {**LLADA_ARCH, **self.extra, **{k: v for k, v in asdict(self).items() if k not in ("extra", "code")}}
         return d
 
 
@@ -80,7 +84,13 @@ class ModelConfig:
 LLADA_ARCH = dict(model_type="llada", architectures=["LLaDAModelLM"], block_type="llama", activation_type="silu",
                   layer_norm_type="rms", rope=True, alibi=False, include_bias=False, include_qkv_bias=False,
                   bias_for_layer_norm=False, layer_norm_with_affine=True, attention_layer_norm=False,
-                  scale_logits=False, rope_full_precision=True, input_emb_norm=False, block_group_size=1)
+                  scale_logits=False, rope_full_precision=True, input_emb_norm=False, block_group_size=1,
+                  attention_dropout=0.0, residual_dropout=0.0, embedding_dropout=0.0)
+# AutoModel.from_pretrained(dir, trust_remote_code=True) needs auto_map and LLaDA's configuration/modeling files.
+# `save` copies the files a loaded checkpoint carried; without them it points auto_map at LLaDA's hub repo.
+LLADA_CODE_REPO = "GSAI-ML/LLaDA-8B-Instruct"
+LLADA_AUTO_MAP = {"AutoConfig": "configuration_llada.LLaDAConfig", "AutoModel": "modeling_llada.LLaDAModelLM",
+                  "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM"}
 
 LLADA_8B = ModelConfig()  # GSAI-ML/LLaDA-8B-Instruct: 8.02B params, 6.98B without wte/ff_out
 
@@ -140,11 +150,10 @@ class Block(nn.Module):
         k = self.k_proj(h).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(h).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None and not cache:  # record the whole canvas's keys/values (after RoPE, before GQA repeat)
+        if cache:  # sample.py's fast mode: x is the canvas's span start..start+L; keys/values elsewhere as recorded
+            k, v = (torch.cat([c[:, :, :start], t, c[:, :, start + L:]], dim=2) for c, t in zip(cache, (k, v)))
+        elif cache is not None:  # an empty list: record this layer's k, v of the whole canvas (attention_mask: keys)
             cache += [k, v]
-        elif cache is not None:  # x is the canvas's positions start..start+L: fresh k, v there, recorded elsewhere
-            k = torch.cat([cache[0][:, :, :start], k, cache[0][:, :, start + L:]], dim=2)
-            v = torch.cat([cache[1][:, :, :start], v, cache[1][:, :, start + L:]], dim=2)
         if self.n_kv_heads != self.n_heads:
             k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
             v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
@@ -156,7 +165,7 @@ class Block(nn.Module):
 
 class LLaDA(nn.Module):
     """Call with input_ids (B, L) and an optional key-padding attention_mask (B, L) (1 = real token); returns
-    logits (B, L, V) in the parameter dtype."""
+    logits (B, L, V) in the parameter dtype; cache, start: the sampler's fast-mode KV cache (see Block.forward)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -180,17 +189,12 @@ class LLaDA(nn.Module):
         return self
 
     def forward(self, input_ids, attention_mask=None, cache=None, start=0):
-        """cache (the sampler's fast mode): None, or one list per layer. Empty lists: input_ids is the whole canvas
-        and each layer records its keys/values into its list. Filled lists: input_ids (B, L) is the span
-        start..start+L of the canvas, which alone is recomputed; the other positions attend and are attended to
-        through the recorded keys/values. attention_mask always covers the whole canvas (the keys)."""
         t, (B, L) = self.model.transformer, input_ids.shape
         key = (start + L, input_ids.device.type, input_ids.device.index)
         if key not in self._rope:
             self._rope[key] = rope_tables(start + L, self.config.d_model // self.config.n_heads,
                                           self.config.rope_theta, input_ids.device)
-        cos, sin = self._rope[key]
-        cos, sin = cos[start:], sin[start:]  # this span's positions
+        cos, sin = (r[start:] for r in self._rope[key])  # the positions of input_ids in the canvas
         attn_bias = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, L) keys
         x = t.wte(input_ids)
         for i, blk in enumerate(t.blocks):
@@ -202,6 +206,110 @@ class LLaDA(nn.Module):
         logits = F.linear(x, t.wte.weight) if self.config.weight_tying else t.ff_out(x)
         return logits if self.config.embedding_size == self.config.vocab_size else logits[..., :self.config.vocab_size]
 
+
+# ------------------------------------------------------------------------------------------------------ LoRA
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj")  # what the official peft target list matches (deviation 4)
+LORA_ALL = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")  # every block projection
+
+
+class LoRALinear(nn.Linear):
+    """y = W x + (alpha / r) B A dropout(x). W is the base layer's own Parameter (no copy, same key); A is
+    Kaiming-uniform and B zero, as in peft, so the model starts equal to the base. The adapter is kept in `dtype`
+    (fp32: the optimizer updates it) and run in the input's dtype."""
+
+    def __init__(self, base: nn.Linear, rank, alpha, dropout, dtype=torch.float32):
+        with torch.device("meta"):  # the base weight is reused below; allocate nothing for it
+            super().__init__(base.in_features, base.out_features, bias=False)
+        self.weight, dev = base.weight, base.weight.device
+        self.lora_A = nn.Linear(base.in_features, rank, bias=False, device=dev, dtype=dtype)
+        self.lora_B = nn.Linear(rank, base.out_features, bias=False, device=dev, dtype=dtype)
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+        self.scale, self.drop = alpha / rank, nn.Dropout(dropout)
+        self.enabled, self.merged = True, False  # enabled False: the base model; merged: W holds W + scale B A
+
+    def forward(self, x):
+        y = F.linear(x, self.weight)
+        if not self.enabled or self.merged:
+            return y
+        return y + self.scale * self.lora_B(self.lora_A(self.drop(x).to(self.lora_A.weight.dtype))).to(y.dtype)
+
+
+def add_lora(model, rank=128, alpha=64.0, dropout=0.05, targets=LORA_TARGETS, dtype=torch.float32):
+    """Put an adapter on the `targets` projections of every block and freeze everything else; rank 0 = full
+    fine-tuning (nothing changes). Call before launch.fsdp. model.lora keeps the settings (None at rank 0)."""
+    model.lora = dict(rank=rank, alpha=alpha, dropout=dropout, targets=list(targets)) if rank else None
+    if not rank:
+        return model
+    assert set(targets) <= set(LORA_ALL), f"LoRA targets {targets} must be among LLaDA's projections {LORA_ALL}"
+    model.requires_grad_(False)
+    for block in model.model.transformer.blocks:
+        for name in targets:
+            setattr(block, name, LoRALinear(getattr(block, name), rank, alpha, dropout, dtype))
+    return model
+
+
+@contextlib.contextmanager
+def lora_disabled(model):
+    """The base model for the duration: the reference policy of a LoRA run, with no second copy in memory. Use it
+    under torch.no_grad(): a checkpointed block would be recomputed in backward with the adapter back on."""
+    mods = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    assert not any(m.merged for m in mods), "unmerge the adapters before disabling them"
+    assert not (torch.is_grad_enabled() and model.gradient_checkpointing), "use lora_disabled under torch.no_grad()"
+    for m in mods:
+        m.enabled = False
+    try:
+        yield model
+    finally:
+        for m in mods:
+            m.enabled = True
+
+
+@torch.no_grad()
+def merge_lora(model, merged=True):
+    """W += scale B A in place for every adapter (merged=False: take it out again); FSDP: see merged_state_dict."""
+    for m in [m for m in model.modules() if isinstance(m, LoRALinear)]:
+        if m.merged != merged:
+            delta = m.scale * (m.lora_B.weight.float() @ m.lora_A.weight.float())
+            m.weight += (delta if merged else -delta).to(m.weight.dtype)
+            m.merged = merged
+    return model
+
+
+def merged_state_dict(sd, lora):
+    """A state dict with LoRA keys -> LLaDA's keys only, each adapted W + (alpha/r) B A computed in fp32 and stored in
+    W's dtype. lora = model.lora; sd may come from launch.full_state_dict of an FSDP model."""
+    out = {k: v for k, v in sd.items() if ".lora_" not in k}
+    for k in sd:
+        if k.endswith(".lora_A.weight"):
+            w = k.removesuffix(".lora_A.weight") + ".weight"
+            delta = sd[k.replace("lora_A", "lora_B")].float() @ sd[k].float()
+            out[w] = (sd[w].float() + lora["alpha"] / lora["rank"] * delta).to(sd[w].dtype)
+    return out
+
+
+def save_adapter(sd, lora, path, base=None):
+    """Adapter-only files in peft's layout (adapter_config.json, adapter_model.safetensors with keys prefixed
+    base_model.model.) from a state dict holding the lora_A/lora_B tensors."""
+    from safetensors.torch import save_file
+    os.makedirs(path, exist_ok=True)
+    ab = {"base_model.model." + k: v.detach().contiguous().cpu() for k, v in sd.items() if ".lora_" in k}
+    save_file(ab, os.path.join(path, "adapter_model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(path, "adapter_config.json"), "w") as f:
+        json.dump(dict(peft_type="LORA", r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                       target_modules=lora["targets"], bias="none", base_model_name_or_path=base), f, indent=2)
+
+
+def load_adapter(model, path):
+    """Add the adapter saved at `path` (save_adapter's files) to a base model and load it, keys checked strictly."""
+    from safetensors.torch import load_file
+    c = json.load(open(os.path.join(path, "adapter_config.json")))
+    add_lora(model, c["r"], c["lora_alpha"], c["lora_dropout"], tuple(c["target_modules"]))
+    sd = load_file(os.path.join(path, "adapter_model.safetensors"))
+    sd = {k.removeprefix("base_model.model."): v for k, v in sd.items()}
+    check_state_dict(model, {**{k: v for k, v in model.state_dict().items() if ".lora_" not in k}, **sd})
+    model.load_state_dict(sd, strict=False)
+    return model
 
 def _read_state_dict(path):
     from safetensors.torch import load_file
@@ -233,9 +341,10 @@ def load(path, dtype=torch.float32, device="cpu"):
     from transformers import AutoTokenizer
     if not os.path.isdir(path):
         from huggingface_hub import snapshot_download
-        path = snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.jinja"])
+        path = snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.jinja", "*.py"])
     with open(os.path.join(path, "config.json")) as f:
         config = ModelConfig.from_dict(json.load(f))
+    config.code = {f: open(os.path.join(path, f)).read() for f in sorted(os.listdir(path)) if f.endswith(".py")}
     with torch.device("meta"):
         model = LLaDA(config)
     sd = _read_state_dict(path)
@@ -244,21 +353,26 @@ def load(path, dtype=torch.float32, device="cpu"):
     from transformers.utils import logging as hf_logging
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # AutoTokenizer reads config.json and warns that "llada" is no HF model type
-    tokenizer = AutoTokenizer.from_pretrained(path)  # the tokenizer needs no remote code
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)  # never prompts: no remote code
     hf_logging.set_verbosity(verbosity)
     return model.eval(), tokenizer
 
 
-def save(model, tokenizer, path, max_shard_bytes=5 * 2**30, extra_files=None):
-    """Write config.json, safetensors (sharded above max_shard_bytes, with an index) and the tokenizer files into
-    a temp directory, then rename it over `path`, so a crash never leaves a half-written checkpoint.
+def save(model, tokenizer, path, max_shard_bytes=5 * 2**30, extra_files=None, state_dict=None):
+    """Write config.json, safetensors (sharded above max_shard_bytes, with an index), the tokenizer files and any
+    remote-code files into a temp directory, then rename it over `path`, so a crash never leaves a half-written
+    checkpoint. A LoRA model is saved merged (LLaDA keys), plus its adapter alone in path/adapter.
+    state_dict: the full state dict when the model is sharded (launch.full_state_dict; rank 0 saves).
     extra_files: {name: json-serialisable obj} written beside (run config, metrics)."""
     from safetensors.torch import save_file
     path = os.path.abspath(path)
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path), dir=parent)
-    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    sd = {k: v.detach().contiguous().cpu() for k, v in (state_dict or model.state_dict()).items()}
+    if getattr(model, "lora", None):
+        save_adapter(sd, model.lora, os.path.join(tmp, "adapter"))
+        sd = merged_state_dict(sd, model.lora)
     shards, cur, size = [], {}, 0
     for k, v in sd.items():
         nbytes = v.numel() * v.element_size()
@@ -278,11 +392,16 @@ def save(model, tokenizer, path, max_shard_bytes=5 * 2**30, extra_files=None):
         with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
     cfg = model.config.to_dict()
-    cfg["torch_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
+    cfg["torch_dtype"] = str(sd["model.transformer.wte.weight"].dtype).removeprefix("torch.")
+    cfg["auto_map"] = cfg.get("auto_map", LLADA_AUTO_MAP) if model.config.code else \
+        {k: f"{LLADA_CODE_REPO}--{v}" for k, v in LLADA_AUTO_MAP.items()}  # transformers' code-in-another-repo form
+    for name, text in model.config.code.items():
+        with open(os.path.join(tmp, name), "w") as f:
+            f.write(text)
     with open(os.path.join(tmp, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
     if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
+        _save_tokenizer(tokenizer, tmp)
     for name, obj in (extra_files or {}).items():
         with open(os.path.join(tmp, name), "w") as f:
             json.dump(obj, f, indent=2)
@@ -292,6 +411,20 @@ def save(model, tokenizer, path, max_shard_bytes=5 * 2**30, extra_files=None):
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def _save_tokenizer(tokenizer, path):
+    """save_pretrained, readable by transformers 4.46+ too: v5 names the class TokenizersBackend (unknown to v4)
+    and keeps the chat template only in chat_template.jinja (v4.46 reads it from tokenizer_config.json)."""
+    tokenizer.save_pretrained(path)
+    with open(os.path.join(path, "tokenizer_config.json")) as f:
+        tc = json.load(f)
+    if tc.get("tokenizer_class") == "TokenizersBackend":
+        tc["tokenizer_class"] = "PreTrainedTokenizerFast"
+    if tokenizer.chat_template is not None:
+        tc["chat_template"] = tokenizer.chat_template
+    with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+        json.dump(tc, f, indent=2)
 
 
 def encode_chat(tokenizer, conversations, prefill="", device=None):

@@ -58,6 +58,10 @@ class Config:
     grad_clip: float = 1.0           # max global grad norm (d1)
     eps: float = 1e-3                # mask-probability floor of Eq. (1) (LLaDA)
     loss_norm: str = "sample"        # "sample" (paper, LLaDA) | "batch" (d1); deviation 1
+    lora_rank: int = 0               # LoRA rank on the block projections; 0 = full fine-tuning (d1's SFT: 128)
+    lora_alpha: float = 64.0         # LoRA scale alpha / rank
+    lora_dropout: float = 0.05       # dropout on the adapter's input
+    lora_targets: str = "q_proj,k_proj,v_proj,up_proj"  # adapted projections (model.LORA_ALL: all seven)
     bf16: bool = True                # bf16 autocast on GPU (fp32 params and optimizer); ignored on CPU
     grad_ckpt: bool = True           # recompute blocks in backward (needed at 8B)
     seed: int = 0                    # init, data order and mask draws
@@ -160,13 +164,21 @@ def collate(pairs, idx, step, cfg, eos_id):
 
 
 def build_model(cfg):
-    """(model, tokenizer) in fp32 on CPU: resumed, loaded, or a fresh tiny LLaDA for the embedded task."""
+    """(model, tokenizer) in fp32 on CPU: resumed, loaded, or a fresh tiny LLaDA for the embedded task; with
+    --lora_rank, adapters on top (a resumed LoRA run reloads the base and its saved adapter: the checkpoint's own
+    weights are merged)."""
     resuming = cfg.resume and os.path.exists(os.path.join(cfg.out_dir, "trainer_state.json"))
+    if resuming and cfg.lora_rank:
+        model, tok = M.load(cfg.model)
+        return M.load_adapter(model, os.path.join(cfg.out_dir, "adapter")), tok
     if resuming or cfg.model != "scratch":
-        return M.load(cfg.out_dir if resuming else cfg.model)
-    tok = data.task_tokenizer()
-    mc = M.ModelConfig(**data.task_model_fields(tok))
-    return M.LLaDA(mc).init_weights(generator=torch.Generator().manual_seed(cfg.seed)), tok
+        model, tok = M.load(cfg.out_dir if resuming else cfg.model)
+    else:
+        tok = data.task_tokenizer()
+        mc = M.ModelConfig(**data.task_model_fields(tok))
+        model = M.LLaDA(mc).init_weights(generator=torch.Generator().manual_seed(cfg.seed))
+    targets = tuple(cfg.lora_targets.split(","))
+    return M.add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, targets), tok
 
 
 def save_checkpoint(cfg, model, opt, tok, step):
@@ -193,7 +205,7 @@ def train(cfg):
         f"{total} steps; {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params")
     model.gradient_checkpointing = cfg.grad_ckpt
     model = launch.fsdp(model.to(device).train(), device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     state = os.path.join(cfg.out_dir, "trainer_state.json")
     start = json.load(open(state))["step"] if cfg.resume and os.path.exists(state) else 0
     if start:  # build_model loaded the weights; the data order and the draws are functions of the step

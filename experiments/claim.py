@@ -1,0 +1,154 @@
+"""The paper's claim on the embedded task, with seeds: does IGPO beat GRPO and the sample-matched baseline?
+
+Every arm starts from the same SFT checkpoint, sees the same prompts in the same order for a given seed, and runs
+the same number of optimizer steps; only igpo.py's flags differ (one igpo.py process per run, never a copy of
+the loop):
+  grpo            --inpaint off                 GRPO
+  sample_matched  --eta 0,0                     all-wrong groups re-sampled G times without hints (same rollouts
+                                                as IGPO, the paper's size-matched baseline)
+  igpo            (the task preset)             IGPO
+  igpo_full_hints --eta 1,1                     every chunk of the reference trace revealed
+  igpo_no_filter  --tau 1                       every hint token in the loss (no entropy filter)
+Writes OUT/claim.md (per arm, mean ± std over seeds: greedy test accuracy overall and by chain length, all-wrong
+share before and after replacement, rollouts spent, on-policy accuracy), OUT/claim.json (every metrics row of
+every run) and OUT/claim.png (accuracy and all-wrong share against step, per arm; needs matplotlib, an
+experiment-only dependency: `pip install matplotlib`). The command and its wall time go into claim.md.
+
+Run:  python experiments/claim.py                      # 5 arms x 3 seeds, 2 runs at a time (1 thread each)
+      python experiments/claim.py --quick              # 1 seed, 1 rollout batch, 20 test problems: structure only
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import data  # noqa: E402
+
+ARMS = {"grpo": ["--inpaint", "off"], "sample_matched": ["--eta", "0,0"], "igpo": [],
+        "igpo_full_hints": ["--eta", "1,1"], "igpo_no_filter": ["--tau", "1"]}
+
+
+def run(arm, seed, args):
+    """One igpo.py run of `arm` with `seed`; returns its metrics rows (rollout batches, updates, evaluations)."""
+    out = os.path.join(args.runs, f"{arm}-seed{seed}")
+    flags = ["--model", args.model, "--seed", str(seed), "--out_dir", out, "--save_every", str(10 ** 9),
+             "--eval_start", "off", *ARMS[arm], *args.extra]
+    if args.quick:
+        flags += ["--steps", "2", "--prompts_per_step", "4", "--eval_limit", "20"]
+    if os.path.exists(os.path.join(out, "metrics.jsonl")):
+        os.remove(os.path.join(out, "metrics.jsonl"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "igpo.py", *flags], cwd=ROOT, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"{arm} seed {seed} failed:\n{r.stderr[-3000:]}")
+    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    final = [r for r in rows if "eval" in r][-1]["step"]
+    by_len = accuracy_by_chain_length(os.path.join(out, "eval", f"step-{final}.jsonl"))
+    print(f"  {arm} seed {seed}: test {rows[-1]['eval']['accuracy']:.3f}", flush=True)
+    return dict(arm=arm, seed=seed, flags=flags, rows=rows, by_len=by_len)
+
+
+def accuracy_by_chain_length(path):
+    """{chain length: accuracy} of one evaluation's per-problem rows (the task's test split)."""
+    steps = {it["id"]: it["solution"].count("\n") + 1 for it in data.task_splits()["test"]}
+    hits = {}
+    for line in open(path):
+        r = json.loads(line)
+        hits.setdefault(steps[r["id"]], []).append(float(r["correct"]))
+    return {k: sum(v) / len(v) for k, v in sorted(hits.items())}
+
+
+def run_stats(res):
+    """The numbers one run contributes to the table."""
+    batches = [r for r in res["rows"] if "acc" in r]
+    half = max(1, len(batches) // 2)
+    out = dict(test=[r for r in res["rows"] if "eval" in r][-1]["eval"]["accuracy"],
+               aw_before=statistics.mean(r["all_wrong_before"] for r in batches),
+               aw_after=statistics.mean(r["all_wrong_after"] for r in batches),
+               spent=sum(r["spent"] for r in batches), acc_first=statistics.mean(r["acc"] for r in batches[:half]),
+               acc_last=statistics.mean(r["acc"] for r in batches[-half:]))
+    out.update({f"len{k}": v for k, v in res["by_len"].items()})
+    return out
+
+
+def mean_std(xs):
+    return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.3f}"
+
+
+def table(results, seeds):
+    stats = {arm: [run_stats(r) for r in results if r["arm"] == arm] for arm in ARMS}
+    lens = sorted(k for k in stats["grpo"][0] if k.startswith("len"))
+    head = ["arm", "test acc", *[f"{k[3:]} steps" for k in lens], "all-wrong before", "all-wrong after",
+            "rollouts / prompt-rollout", "on-policy acc 1st half", "2nd half"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm, st in stats.items():
+        cols = ["test", *lens, "aw_before", "aw_after", "spent", "acc_first", "acc_last"]
+        lines.append(f"| {arm} | " + " | ".join(mean_std([s[c] for s in st]) for c in cols) + " |")
+    return "\n".join(lines), stats
+
+
+def plot(results, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install matplotlib)")
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for arm in ARMS:
+        runs = [r for r in results if r["arm"] == arm]
+        steps = [r["step"] for r in runs[0]["rows"] if "acc" in r]
+        for ax, key in zip(axes, ("acc", "all_wrong_before")):
+            ys = [[r[key] for r in run["rows"] if key in r] for run in runs]
+            ax.plot(steps, [statistics.mean(v) for v in zip(*ys)], label=arm)
+    for ax, title in zip(axes, ("on-policy accuracy (T = 1.2), mean over seeds", "all-wrong share before rescue")):
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return True
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="checkpoints/task-sft", help="the SFT init shared by every arm")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--parallel", type=int, default=2, help="runs at once (1 thread each)")
+    p.add_argument("--quick", action="store_true", help="1 seed, 1 rollout batch, 20 test problems (CI)")
+    p.add_argument("--out", default="experiments/results")
+    p.add_argument("--runs", default="runs/claim", help="where each run's metrics and evaluation rows go")
+    args, extra = p.parse_known_args()
+    args.extra = [a for a in extra if a != "--"]
+    seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
+    t0 = time.time()
+    jobs = [(arm, seed) for seed in seeds for arm in ARMS]
+    with ThreadPoolExecutor(args.parallel) as pool:
+        results = list(pool.map(lambda job: run(*job, args), jobs))
+    wall = time.time() - t0
+    text, stats = table(results, seeds)
+    os.makedirs(args.out, exist_ok=True)
+    name = "claim-quick" if args.quick else "claim"
+    command = "python experiments/claim.py " + " ".join(sys.argv[1:])
+    with open(os.path.join(args.out, f"{name}.json"), "w") as f:
+        json.dump(dict(command=command, wall_s=wall, seeds=seeds, results=results, stats=stats), f)
+    has_plot = plot(results, os.path.join(args.out, f"{name}.png"))
+    with open(os.path.join(args.out, f"{name}.md"), "w") as f:
+        f.write(f"# IGPO vs baselines on the embedded task\n\n`{command}`: {len(jobs)} runs, wall {wall / 60:.1f} min "
+                f"on a 2-core CPU ({args.parallel} runs at a time, 1 thread each). Seeds {seeds}; mean ± std over "
+                f"seeds. Init: `{args.model}`. Extra igpo.py flags: {args.extra or 'none'}.\n\n{text}\n\n")
+        if has_plot:
+            f.write(f"![accuracy and all-wrong share per step]({name}.png)\n")
+    print(text)
+    print(f"wall {wall / 60:.1f} min -> {args.out}/{name}.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""experiments/claim.py --quick: every arm runs through igpo.py and lands in the results table (structure only,
+never who won)."""
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+import data
+import model as M
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_claim_quick_writes_a_row_per_arm(tmp_path):
+    tok = data.task_tokenizer()
+    mc = M.ModelConfig(d_model=32, n_layers=2, n_heads=2, n_kv_heads=2, mlp_hidden_size=64, vocab_size=len(tok),
+                       embedding_size=len(tok), mask_token_id=tok.mask_token_id, eos_token_id=tok.eos_token_id,
+                       pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    M.save(M.LLaDA(mc).init_weights(std=0.1), tok, tmp_path / "ck")
+    cmd = [sys.executable, "experiments/claim.py", "--quick", "--model", str(tmp_path / "ck"), "--out",
+           str(tmp_path / "out"), "--runs", str(tmp_path / "runs"), "--", "--gen_length", "16", "--block_length", "8",
+           "--diffusion_steps", "4", "--chunk", "2,3", "--reserve", "2", "--G", "4", "--micro_batch", "16"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    md = open(tmp_path / "out" / "claim-quick.md").read()
+    for arm in ("grpo", "sample_matched", "igpo", "igpo_full_hints", "igpo_no_filter"):
+        assert f"| {arm} | " in md
+    res = json.load(open(tmp_path / "out" / "claim-quick.json"))
+    assert len(res["results"]) == 5 and all(any("eval" in row for row in run["rows"]) for run in res["results"])
+    grpo = res["stats"]["grpo"][0]
+    assert grpo["spent"] == 1.0  # GRPO samples exactly one rollout per on-policy rollout
+    assert all(0 <= grpo[k] <= 1 for k in grpo if k.startswith("len") or k in ("test", "aw_before", "aw_after"))
