@@ -36,7 +36,8 @@ Deviations from LLaDA's generate.py (token-identical at temperature 0 on an fp32
     ~V * 2^-53 of the total (1e-11 at V = 126k), far below the float32-Gumbel truncation that made LLaDA use
     float64. Each row draws from its own generator when `generator` is a list; a single generator draws for
     every row of the original batch, so early exit never shifts the other rows' draws.
- 3. The low-confidence probabilities are a float32 softmax (the reference uses the model dtype, bf16 on GPU).
+ 3. The low-confidence probability is exp(logit - logsumexp) in float32 (the reference: a softmax in the model
+    dtype, bf16 on GPU).
  4. With cfg_scale > 0 only the prompt is masked in the unconditional branch (hints stay, they are part of x).
  5. The mask token itself is never proposed. The reference can commit it (then the canvas keeps a mask forever);
     a trained LLaDA never ranks it first, a random test model does. Confidences still use the full softmax, so
@@ -47,7 +48,6 @@ Shapes: B batch, P prompt length, L gen_length, V vocab, K block_length.
 """
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 
 def num_transfer_tokens(block_masks, steps):
@@ -79,7 +79,8 @@ def propose(logits, temperature, remasking, generator=None, forbid=None, u=None)
         if bad.any():  # rare after training: re-take the argmax without the forbidden id (cheaper than a copy)
             x0[bad] = logits[bad].index_fill(-1, torch.tensor([forbid], device=logits.device), -torch.inf).argmax(-1)
     if remasking == "low_confidence":
-        conf = torch.gather(F.softmax(logits.float(), dim=-1), -1, x0[..., None]).squeeze(-1)
+        lf = logits.float()
+        conf = (lf.gather(-1, x0[..., None]).squeeze(-1) - lf.logsumexp(dim=-1)).exp_()  # softmax(l)[x0], no V write
     elif remasking == "random":
         conf = u[..., 1].float()
     else:
