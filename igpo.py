@@ -6,11 +6,14 @@ their gradient. IGPO re-samples such a group with chunks of the ground-truth rea
 and lets them replace up to ⌊λG⌋ of the wrong ones. The group now has reward variance and a learning signal.
 Hint tokens are off-policy, so only the top-τ of them by the old policy's entropy stay in the loss (entropy
 filter). One rollout batch = `make_batch`, four phases, each a function below with the same name:
-  1. roll_out       G completions per prompt, rewarded (correctness + format)
-  2. rescue         all-wrong groups -> inpaint with hints -> verify -> replacement rows   (IGPO; off = GRPO)
-  3. advantages     A_i = r_i - mean_group(r)
-  4. old_logps      old/reference log-probs and entropies under the μ fixed masks
-then μ optimizer steps of `update`: entropy filter -> clipped surrogate + k3 KL (`grpo_loss`).
+  1. roll_out           G completions per prompt, rewarded (correctness + format)
+  2. rescue             all_wrong groups -> inpaint_groups (hints fixed in the sampler's canvas) -> verify ->
+                        pick_replacements -> replacement rows                     (IGPO; --inpaint off = GRPO)
+  3. group_advantages   A_i = r_i - mean_group(r)
+  4. old_logps          old-policy log-probs and entropies, reference log-probs, for the μ iterations
+then μ optimizer steps of `update`: entropy filter (the `keep` mask) -> clipped surrogate + k3 KL (`grpo_loss`).
+With --ratio sequence_all (the official run's GSPO ratio, the paper preset) a sequence's ratio averages over all
+its positions, so tokens the filter drops still shape the ratio of the kept ones; --ratio token keeps them out.
 GRPO is `--inpaint off`; the sample-matched baseline (same number of rollouts, no hints) is `--eta 0,0`.
 
 Log-probs (d1's one-step estimator, as in the official code): the completion is fully masked, each prompt token
@@ -137,13 +140,14 @@ class Batch:
     lmask: torch.Tensor = None    # (B, L) bool: tokens in the loss before the entropy filter
     old: list = None              # μ x (B, L) old-policy log-probs
     ent: list = None              # μ x (B, L) old-policy entropies
-    ref: list = None              # μ x (B, L) reference log-probs, or None when beta = 0
+    ref_logp: list = None         # μ x (B, L) reference-policy log-probs, or None when beta = 0
 
 
 # ------------------------------------------------------------------------------------- 1. roll out and reward
 
 def roll_out(policy, tok, items, messages, cfg, batch_idx, first, device):
-    """G completions per prompt and their rewards: a Batch without advantages and log-probs yet."""
+    """G completions per prompt and their rewards: a Batch without advantages and log-probs yet. `first` is the
+    global index of this rank's first prompt (seeds use global indices, so no draw depends on the world size)."""
     G = cfg.G
     convs = [messages(it["question"]) for it in items for _ in range(G)]
     prompt, attn = M.encode_chat(tok, convs, device=device)
@@ -195,9 +199,10 @@ def rescue(policy, tok, items, b, cfg, first):
     G = cfg.G
     groups = all_wrong(b.correct, G).nonzero().squeeze(1).tolist()                          # where IGPO acts
     hinted = inpaint_groups(policy, tok, [(gi, items[gi]) for gi in groups], b.prompt, b.attn, cfg, b.idx, first)
+    hinted_correct = hinted[2]  # hinted = (completions, commit steps, correctness, reward, hint mask)
     rows, src = [], []
     for k, gi in enumerate(groups):
-        new_correct = hinted[2][k * G:(k + 1) * G]
+        new_correct = hinted_correct[k * G:(k + 1) * G]
         gen = torch.Generator().manual_seed(launch.seed(cfg.seed, "pick", b.idx, first + gi))
         pick = pick_replacements(new_correct, cfg.lam, gen)                                 # (K,)
         rows += range(gi * G, gi * G + len(pick))  # all originals are wrong: overwrite the first K of the group
@@ -380,7 +385,7 @@ def make_batch(policy, ref, tok, items, messages, cfg, batch_idx, first, device,
     b.adv = group_advantages(b.reward, cfg.G).to(device)                                   # 3
     b.lmask = loss_mask(b.comp, tok.eos_token_id, cfg.post_eos)
     with timed(times, "t_logp"):
-        b.old, b.ent, b.ref = old_logps(policy, ref, b, cfg)                               # 4
+        b.old, b.ent, b.ref_logp = old_logps(policy, ref, b, cfg)                               # 4
     return b
 
 
@@ -401,8 +406,9 @@ def update(policy, b, j, cfg, world):
             policy.set_requires_gradient_sync(k + mb >= B)  # reduce-scatter once per step
         with amp:
             logp = estimate_logps(policy, inputs, attn, b.comp, sl)[0]
-        ref = None if b.ref is None else b.ref[j][sl]
-        loss, st = grpo_loss(logp, b.old[j][sl], ref, b.adv[sl], keep[sl], n_total, cfg.eps, cfg.beta, cfg.ratio)
+        ref_logp = None if b.ref_logp is None else b.ref_logp[j][sl]
+        loss, st = grpo_loss(logp, b.old[j][sl], ref_logp, b.adv[sl], keep[sl], n_total, cfg.eps, cfg.beta,
+                             cfg.ratio)
         (loss * world).backward()  # FSDP averages gradients over ranks; the loss is already a global mean
         sums["loss"] += loss.item() * float(n_total)
         sums["kl"] += st["kl"]
