@@ -157,6 +157,16 @@ def load_split(name: str, split: str = "test", source: str | None = None) -> lis
     return items
 
 
+def rl_prompts(name: str, limit: int = 0):
+    """(items, chat-message builder) of igpo.py's training prompts: the task's RL split or a benchmark's train
+    split; the first `limit` of them when limit > 0."""
+    if name == "task":
+        items, messages = task_splits()["rl"], task_messages
+    else:
+        items, messages = load_split(name, "train"), build_messages
+    return items[:limit or None], messages
+
+
 def shard(items: list, rank: int, world: int) -> list:
     """This rank's share, round-robin: every item on exactly one rank, counts differ by at most one
     (1319 over 8 ranks: 7 x 165 + 164). Callers must not assume equal counts (eval.py gathers lists)."""

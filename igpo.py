@@ -36,7 +36,6 @@ Launch:  python igpo.py                                    # embedded task, tiny
 Shapes: B rollouts on this rank (= prompts x G), G group, P prompt length, L gen_length, V vocab.
 """
 import contextlib
-import glob
 import json
 import math
 import os
@@ -48,6 +47,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import data
+import eval as E
 import inpaint
 import launch
 import model as M
@@ -225,7 +225,7 @@ def inpaint_groups(policy, tok, groups, prompt_ids, prompt_attn, cfg, batch_idx,
     G, L, mask_id = cfg.G, cfg.gen_length, policy.config.mask_token_id
     hints, masks, seeds, golds = [], [], [], []
     for gi, item in groups:
-        trace, answer_start = reference_trace(tok, item)
+        trace, answer_start = inpaint.reference_trace(tok, data.format_response(item))
         gen = torch.Generator().manual_seed(launch.seed(cfg.seed, "hints", batch_idx, first + gi))
         h, hm, _ = inpaint.build_hints(trace, G, L, mask_id, gen=gen, answer_start=answer_start,
                                        s_min=cfg.chunk[0], s_max=cfg.chunk[1], eta_low=cfg.eta[0],
@@ -248,15 +248,6 @@ def inpaint_groups(policy, tok, groups, prompt_ids, prompt_attn, cfg, batch_idx,
         return empty
     correct, total = rewards(tok, comp[:n].cpu(), golds, cfg)
     return comp[:n], order[:n], correct, total, torch.cat(masks).to(comp.device)
-
-
-def reference_trace(tok, item):
-    """Token ids of the item's reference response and the index where its final answer starts (the last \\boxed)."""
-    text = data.format_response(item)
-    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-    cut = text.rfind("\\boxed")
-    answer_start = next((i for i, (s, _) in enumerate(enc["offset_mapping"]) if s >= cut), None) if cut >= 0 else None
-    return enc["input_ids"], answer_start
 
 
 # ----------------------------------------------------------------------------------------------- 3. advantages
@@ -444,20 +435,6 @@ def grpo_loss(logp, old_logp, ref_logp, adv, keep, n_total, eps, beta, ratio="to
 
 # ------------------------------------------------------------------------------------------------ training
 
-def lr_at(step, cfg):
-    """Linear warmup, then linear decay to 0 (O: the HF Trainer default schedule)."""
-    return launch.lr_at(step, cfg.steps, cfg.lr, cfg.warmup, decay="linear")
-
-
-def load_prompts(cfg):
-    """(training items, chat-message builder) of cfg.data, the first max_prompts of them when set."""
-    if cfg.data == "task":
-        items, messages = data.task_splits()["rl"], data.task_messages
-    else:
-        items, messages = data.load_split(cfg.data, "train"), data.build_messages
-    return items[:cfg.max_prompts or None], messages
-
-
 def batch_items(items, batch_idx, cfg, rank, world):
     """This rank's prompts of rollout batch `batch_idx` and the global position of the first one: consecutive
     global slices of the seeded data order, each rank a contiguous share (all G rollouts of a prompt stay on one
@@ -511,7 +488,7 @@ def train(cfg):
     policy, ref = launch.fsdp(policy, device), ref and launch.fsdp(ref, device)
     params = [p for p in policy.parameters() if p.requires_grad]  # LoRA: the adapters only
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    items, messages = load_prompts(cfg)
+    items, messages = data.rl_prompts(cfg.data, cfg.max_prompts)
     os.makedirs(cfg.out_dir, exist_ok=True)
     if rank == 0:
         with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
@@ -528,8 +505,9 @@ def train(cfg):
             b = make_batch(policy, ref, tok, mine, messages, cfg, step // cfg.mu, first, device, times)
             stats = batch_stats(b, cfg)
         policy.train()
+        lr = launch.lr_at(step, cfg.steps, cfg.lr, cfg.warmup)  # linear warmup and decay (O: HF Trainer's)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
+            g["lr"] = lr
         with timed(times, "t_update"):
             stats.update(update(policy, b, step % cfg.mu, cfg, world))
             gnorm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
@@ -539,7 +517,7 @@ def train(cfg):
                 raise FloatingPointError(f"non-finite loss at step {step}; no checkpoint is written after it")
             opt.step()
             opt.zero_grad(set_to_none=True)
-        row.update(step=step + 1, lr=lr_at(step, cfg), grad_norm=float(gnorm), t_update=times["t_update"])
+        row.update(step=step + 1, lr=lr, grad_norm=float(gnorm), t_update=times["t_update"])
         if "acc" in row:
             accs.append(row["acc"])
         if rank == 0:
@@ -555,50 +533,29 @@ def train(cfg):
     log(f"on-policy accuracy (T = {cfg.temperature}): first quarter of the run {sum(accs[:q]) / q:.3f} -> last "
         f"quarter {sum(accs[-q:]) / q:.3f}")
     if start is not None and cfg.eval_limit:
-        log(f"test {res['metric']}: start {fmt_acc(start)} -> after {cfg.steps} steps {fmt_acc(res)}")
+        log(f"test: start {E.fmt_acc(start)} -> after {cfg.steps} steps {E.fmt_acc(res)}")
     if dist.is_initialized():
         dist.destroy_process_group()
 
 
 def run_eval(policy, tok, cfg, step, metrics_f, log):
-    """evaluate(), logged and appended to metrics.jsonl; per-problem rows go to out_dir/eval/step-N.jsonl."""
-    res = evaluate(policy, tok, cfg, os.path.join(cfg.out_dir, "eval", f"step-{step}.jsonl"))
-    log(f"step {step}: test {fmt_acc(res)}")
+    """Greedy test accuracy (eval.py's protocol: the task's test split, else GSM8K test), logged and appended to
+    metrics.jsonl; per-problem rows go to out_dir/eval/step-N.jsonl."""
+    policy.eval()
+    path = os.path.join(cfg.out_dir, "eval", f"step-{step}.jsonl")
+    res = E.evaluate_fresh(policy, tok, "task" if cfg.data == "task" else "gsm8k", cfg.eval_limit, path,
+                           batch_size=cfg.micro_batch, seed=cfg.seed)
+    log(f"step {step}: test {E.fmt_acc(res)}")
     if metrics_f is not None:
         metrics_f.write(json.dumps(dict(step=step, eval=res)) + "\n")
         metrics_f.flush()
     return res
 
 
-def fmt_acc(res):
-    lo, hi = res["ci95"]
-    return f"{res['metric']} {res['accuracy']:.3f} (95% CI {lo:.3f}-{hi:.3f}, n = {res['n_problems']})"
-
-
 def save(policy, tok, cfg, step):
     """HF-format checkpoint of the policy at out_dir/step-N, written atomically (launch.save_checkpoint)."""
     launch.save_checkpoint(policy, tok, os.path.join(cfg.out_dir, f"step-{step}"),
                            extra_files={"igpo_config.json": asdict(cfg), "trainer_state.json": {"step": step}})
-
-
-def evaluate(policy, tok, cfg, out_path):
-    """Greedy test accuracy with eval.py's protocol: the embedded task's test split, else GSM8K test. Rows of an
-    earlier run at out_path are discarded first (eval.py would resume from them)."""
-    import eval as E
-    policy.eval()
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        os.makedirs(os.path.dirname(out_path), exist_ok=True)
-        for f in [out_path, *glob.glob(glob.escape(out_path) + ".rank*.part")]:
-            if os.path.exists(f):
-                os.remove(f)
-    if dist.is_initialized():
-        dist.barrier()
-    if cfg.data == "task":
-        items, proto, messages = data.task_splits()["test"], E.protocol("task"), data.task_messages
-    else:
-        items, proto, messages = data.load_split("gsm8k", "test"), E.protocol("gsm8k"), data.build_messages
-    return E.evaluate(policy, tok, items[:cfg.eval_limit], proto, messages=messages, batch_size=cfg.micro_batch,
-                      seed=cfg.seed, desc="eval", out_path=out_path)
 
 
 # ------------------------------------------------------------------------------------ metrics (kept out of the

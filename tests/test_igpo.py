@@ -193,7 +193,7 @@ def test_all_equal_group_contributes_exactly_zero_gradient(task_ckpt):
 def test_reference_trace_excludes_the_final_answer():
     tok = data.task_tokenizer()
     item = data.task_splits()["rl"][0]
-    ids, start = igpo.reference_trace(tok, item)
+    ids, start = igpo.inpaint.reference_trace(tok, data.format_response(item))
     assert tok.decode(ids[start:]).startswith("\\boxed") and "\\boxed" not in tok.decode(ids[:start])
 
 
