@@ -59,7 +59,7 @@ import sft
 @dataclass
 class Config:
     model: str = "GSAI-ML/LLaDA-8B-Instruct"  # initial policy (HF dir or hub id; P starts from the SFT model)
-    data: str = "math"                 # training prompts: math (MATH train; O: MetaMathQA) | gsm8k | task (embedded)
+    data: str = "metamath"             # training prompts: metamath (O) | math (MATH train) | gsm8k | task (embedded)
     max_prompts: int = 0               # train on the first N prompts only (0 = all; bench/overfit.py uses 16)
     out_dir: str = "runs/igpo"         # metrics.jsonl, config.json, checkpoints
     steps: int = 1000                  # optimizer steps = rollout batches x mu
@@ -103,7 +103,7 @@ class Config:
     lora_targets: str = "q_proj,k_proj,v_proj,up_proj"  # adapted projections (O's peft list, matched on LLaDA)
     bf16: bool = True                  # bf16 autocast on GPU; ignored on CPU
     grad_ckpt: bool = True             # activation checkpointing per block (needed at 8B)
-    seed: int = 0                      # data order, rollouts, hints, mask seeds
+    seed: int = 3                      # data order, rollouts, hints, mask seeds (O: 3)
     save_every: int = 100              # optimizer steps between checkpoints (and one at the end)
     eval_every: int = 0                # optimizer steps between evaluations; 0 = only at the end
     eval_limit: int = 200              # test problems per evaluation; 0 = no evaluation
@@ -118,7 +118,7 @@ PRESETS = {
                  block_length=data.TASK_SAMPLING["block_length"], diffusion_steps=data.TASK_SAMPLING["steps"],
                  temperature=data.TASK_SAMPLING["temperature"], chunk=(2, 4), reserve=data.TASK_HINT_RESERVE,
                  lr=1e-4, warmup=5, grad_clip=1.0, grad_ckpt=False, save_every=40, eval_every=0,
-                 eval_limit=500, ratio="token", lora_rank=0),
+                 eval_limit=500, ratio="token", lora_rank=0, seed=0),
     "paper": dict(),
 }
 
