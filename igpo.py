@@ -23,6 +23,8 @@ completion position k. Old, reference and current policy see the same masked inp
 Behaves differently from the paper (P) or the official code (O), each behind a flag:
   --reveal_last   P: hints never contain the final answer (default off). O always reveals the trace's last chunk.
   --post_eos      P: tokens after the first EOS are not in the loss (default off). O trains on all gen_length.
+  --logp          d1 (P, O). trajectory: each token scored in the canvas the sampler committed it in (TraceRL).
+  --reward_rule   official (O: first \\boxed, none = 0; the paper preset) | lenient (eval.py's extraction).
 Notes (same numbers, different bookkeeping):
   - The loss is a mean over the kept tokens of the whole global batch (one all_reduce of the count), so it does
     not depend on micro-batch size or world size; O (via TRL) averages per device micro-batch.

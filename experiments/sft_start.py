@@ -35,6 +35,8 @@ CONFIGS = {
     "mix15": ("SFT chains 1-5 (the ordinal 'fifth' and 5-step format seen), 1000 steps", (1, 5, 20000, 1), []),
     "mix15-2k": ("SFT chains 1-5, 2000 steps", (1, 5, 20000, 1), ["--steps", "2000"]),
     "mix15-lr4e-3": ("SFT chains 1-5, 1000 steps, peak lr 4e-3 (2x)", (1, 5, 20000, 1), ["--lr", "4e-3"]),
+    "mix15-4k": ("SFT chains 1-5, 4000 steps (the stages of mix15-2k given twice the budget)", (1, 5, 20000, 1),
+                 ["--steps", "4000"]),
 }
 
 
