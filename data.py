@@ -157,6 +157,16 @@ def load_split(name: str, split: str = "test", source: str | None = None) -> lis
     return items
 
 
+def rl_prompts(name: str, limit: int = 0):
+    """(items, chat-message builder) of igpo.py's training prompts: the task's RL split or a benchmark's train
+    split; the first `limit` of them when limit > 0."""
+    if name == "task":
+        items, messages = task_splits()["rl"], task_messages
+    else:
+        items, messages = load_split(name, "train"), build_messages
+    return items[:limit or None], messages
+
+
 def shard(items: list, rank: int, world: int) -> list:
     """This rank's share, round-robin: every item on exactly one rank, counts differ by at most one
     (1319 over 8 ranks: 7 x 165 + 164). Callers must not assume equal counts (eval.py gathers lists)."""
@@ -175,7 +185,8 @@ def shard(items: list, rank: int, world: int) -> list:
 # the trace turns that into a copy by content. SFT split: 1-4 steps; RL split: 3-5 steps (5 is never seen in SFT:
 # all-wrong groups for IGPO to fix, with hints from the reference trace); test: 2-5. No system prompt: prompts stay
 # ~35 tokens and SFT teaches the format. Measured on `python sft.py`'s model: bench/task_difficulty.py.
-TASK_SPLITS = {"sft": (1, 4, 20000, 1), "rl": (3, 5, 2000, 2), "test": (2, 5, 500, 3)}  # min/max steps, size, seed
+TASK_SPLITS = {"sft": (1, 4, 20000, 1), "rl": (3, 5, 2000, 2), "test": (2, 5, 500, 3),  # min/max steps, size, seed
+               "val": (2, 5, 500, 4)}  # drawn like test, own seed: every setting is chosen on val or rl, never test
 TASK_NAMES = {"Tom": "He", "Sam": "He", "Leo": "He", "Ann": "She", "Mia": "She", "Eva": "She"}
 TASK_THINGS = ("coins", "apples", "cards", "pens", "shells", "books")
 TASK_VERBS = {"+": ("gets", "finds"), "-": ("loses", "gives")}
@@ -210,13 +221,13 @@ def task_problem(rng, n_steps, max_value=9):
     return question, str(v), "\n".join(lines), tuple(key)
 
 
-def task_splits(splits=TASK_SPLITS, max_value=9):
-    """{'sft' | 'rl' | 'test': [item]}; item keys as the benchmark loaders: id, question, answer, solution.
+def task_splits(splits=None, max_value=9):
+    """{'sft' | 'rl' | 'test' | 'val': [item]} (splits: None = TASK_SPLITS, read at call time); item keys as the benchmark loaders: id, question, answer, solution.
     Deterministic from the seeds; a chain (numbers and operations, whatever the wording) is in one split only,
     and at most once in the test and RL splits."""
     import random
-    held_out, out = set(), {}
-    for split in ("test", "rl", "sft"):  # held-out splits first, so SFT never sees their chains
+    splits, held_out, out = splits or TASK_SPLITS, set(), {}
+    for split in ("test", "rl", "val", "sft"):  # held-out splits first, so SFT never sees their chains
         lo, hi, size, seed = splits[split]
         rng, items, mine = random.Random(seed), [], set()
         while len(items) < size:

@@ -187,6 +187,26 @@ def evaluate(model, tokenizer, items, proto, *, out_path=None, messages=data.bui
                 format_reward=sum(r["format"] for r in rows) / max(1, len(rows)))
 
 
+def evaluate_fresh(model, tokenizer, bench, limit, out_path, batch_size=8, seed=0):
+    """evaluate() on the first `limit` problems of `bench` with its protocol, discarding rows an earlier run left
+    at out_path (evaluate would resume from them): igpo.py's evaluation of the policy during training."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if rank == 0:
+        os.makedirs(os.path.dirname(out_path), exist_ok=True)
+        for f in glob.glob(glob.escape(out_path)) + glob.glob(glob.escape(out_path) + ".rank*.part"):
+            os.remove(f)
+    if dist.is_initialized():
+        dist.barrier()
+    msgs = data.task_messages if bench == "task" else data.build_messages
+    return evaluate(model, tokenizer, load_items(bench, limit=limit), protocol(bench), out_path=out_path,
+                    messages=msgs, batch_size=batch_size, seed=seed)
+
+
+def fmt_acc(res):
+    lo, hi = res["ci95"]
+    return f"{res['metric']} {res['accuracy']:.3f} (95% CI {lo:.3f}-{hi:.3f}, n = {res['n_problems']})"
+
+
 def check_settings(path, settings, rank):
     """Resuming is only sound under the same model and generation settings: refuse to mix, else record them."""
     if os.path.exists(path):

@@ -6,11 +6,14 @@ their gradient. IGPO re-samples such a group with chunks of the ground-truth rea
 and lets them replace up to ⌊λG⌋ of the wrong ones. The group now has reward variance and a learning signal.
 Hint tokens are off-policy, so only the top-τ of them by the old policy's entropy stay in the loss (entropy
 filter). One rollout batch = `make_batch`, four phases, each a function below with the same name:
-  1. roll_out       G completions per prompt, rewarded (correctness + format)
-  2. rescue         all-wrong groups -> inpaint with hints -> verify -> replacement rows   (IGPO; off = GRPO)
-  3. advantages     A_i = r_i - mean_group(r)
-  4. old_logps      old/reference log-probs and entropies under the μ fixed masks
-then μ optimizer steps of `update`: entropy filter -> clipped surrogate + k3 KL (`grpo_loss`).
+  1. roll_out           G completions per prompt, rewarded (correctness + format)
+  2. rescue             all_wrong groups -> inpaint_groups (hints fixed in the sampler's canvas) -> verify ->
+                        pick_replacements -> replacement rows                     (IGPO; --inpaint off = GRPO)
+  3. group_advantages   A_i = r_i - mean_group(r)
+  4. old_logps          old-policy log-probs and entropies, reference log-probs, for the μ iterations
+then μ optimizer steps of `update`: entropy filter (the `keep` mask) -> clipped surrogate + k3 KL (`grpo_loss`).
+With --ratio sequence_all (the official run's GSPO ratio, the paper preset) a sequence's ratio averages over all
+its positions, so tokens the filter drops still shape the ratio of the kept ones; --ratio token keeps them out.
 GRPO is `--inpaint off`; the sample-matched baseline (same number of rollouts, no hints) is `--eta 0,0`.
 
 Log-probs (d1's one-step estimator, as in the official code): the completion is fully masked, each prompt token
@@ -20,6 +23,8 @@ completion position k. Old, reference and current policy see the same masked inp
 Behaves differently from the paper (P) or the official code (O), each behind a flag:
   --reveal_last   P: hints never contain the final answer (default off). O always reveals the trace's last chunk.
   --post_eos      P: tokens after the first EOS are not in the loss (default off). O trains on all gen_length.
+  --logp          d1 (P, O). trajectory: each token scored in the canvas the sampler committed it in (TraceRL).
+  --reward_rule   official (O: first \\boxed, none = 0; the paper preset) | lenient (eval.py's extraction).
 Notes (same numbers, different bookkeeping):
   - The loss is a mean over the kept tokens of the whole global batch (one all_reduce of the count), so it does
     not depend on micro-batch size or world size; O (via TRL) averages per device micro-batch.
@@ -33,7 +38,6 @@ Launch:  python igpo.py                                    # embedded task, tiny
 Shapes: B rollouts on this rank (= prompts x G), G group, P prompt length, L gen_length, V vocab.
 """
 import contextlib
-import glob
 import json
 import math
 import os
@@ -45,6 +49,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import data
+import eval as E
 import inpaint
 import launch
 import model as M
@@ -56,7 +61,7 @@ import sft
 @dataclass
 class Config:
     model: str = "GSAI-ML/LLaDA-8B-Instruct"  # initial policy (HF dir or hub id; P starts from the SFT model)
-    data: str = "math"                 # training prompts: math (MATH train; O: MetaMathQA) | gsm8k | task (embedded)
+    data: str = "metamath"             # training prompts: metamath (O) | math (MATH train) | gsm8k | task (embedded)
     max_prompts: int = 0               # train on the first N prompts only (0 = all; bench/overfit.py uses 16)
     out_dir: str = "runs/igpo"         # metrics.jsonl, config.json, checkpoints
     steps: int = 1000                  # optimizer steps = rollout batches x mu
@@ -100,7 +105,7 @@ class Config:
     lora_targets: str = "q_proj,k_proj,v_proj,up_proj"  # adapted projections (O's peft list, matched on LLaDA)
     bf16: bool = True                  # bf16 autocast on GPU; ignored on CPU
     grad_ckpt: bool = True             # activation checkpointing per block (needed at 8B)
-    seed: int = 0                      # data order, rollouts, hints, mask seeds
+    seed: int = 3                      # data order, rollouts, hints, mask seeds (O: 3)
     save_every: int = 100              # optimizer steps between checkpoints (and one at the end)
     eval_every: int = 0                # optimizer steps between evaluations; 0 = only at the end
     eval_limit: int = 200              # test problems per evaluation; 0 = no evaluation
@@ -115,7 +120,7 @@ PRESETS = {
                  block_length=data.TASK_SAMPLING["block_length"], diffusion_steps=data.TASK_SAMPLING["steps"],
                  temperature=data.TASK_SAMPLING["temperature"], chunk=(2, 4), reserve=data.TASK_HINT_RESERVE,
                  lr=1e-4, warmup=5, grad_clip=1.0, grad_ckpt=False, save_every=40, eval_every=0,
-                 eval_limit=500, ratio="token", lora_rank=0),
+                 eval_limit=500, ratio="token", lora_rank=0, seed=0),
     "paper": dict(),
 }
 
@@ -137,13 +142,14 @@ class Batch:
     lmask: torch.Tensor = None    # (B, L) bool: tokens in the loss before the entropy filter
     old: list = None              # μ x (B, L) old-policy log-probs
     ent: list = None              # μ x (B, L) old-policy entropies
-    ref: list = None              # μ x (B, L) reference log-probs, or None when beta = 0
+    ref_logp: list = None         # μ x (B, L) reference-policy log-probs, or None when beta = 0
 
 
 # ------------------------------------------------------------------------------------- 1. roll out and reward
 
 def roll_out(policy, tok, items, messages, cfg, batch_idx, first, device):
-    """G completions per prompt and their rewards: a Batch without advantages and log-probs yet."""
+    """G completions per prompt and their rewards: a Batch without advantages and log-probs yet. `first` is the
+    global index of this rank's first prompt (seeds use global indices, so no draw depends on the world size)."""
     G = cfg.G
     convs = [messages(it["question"]) for it in items for _ in range(G)]
     prompt, attn = M.encode_chat(tok, convs, device=device)
@@ -195,9 +201,10 @@ def rescue(policy, tok, items, b, cfg, first):
     G = cfg.G
     groups = all_wrong(b.correct, G).nonzero().squeeze(1).tolist()                          # where IGPO acts
     hinted = inpaint_groups(policy, tok, [(gi, items[gi]) for gi in groups], b.prompt, b.attn, cfg, b.idx, first)
+    hinted_correct = hinted[2]  # hinted = (completions, commit steps, correctness, reward, hint mask)
     rows, src = [], []
     for k, gi in enumerate(groups):
-        new_correct = hinted[2][k * G:(k + 1) * G]
+        new_correct = hinted_correct[k * G:(k + 1) * G]
         gen = torch.Generator().manual_seed(launch.seed(cfg.seed, "pick", b.idx, first + gi))
         pick = pick_replacements(new_correct, cfg.lam, gen)                                 # (K,)
         rows += range(gi * G, gi * G + len(pick))  # all originals are wrong: overwrite the first K of the group
@@ -220,7 +227,7 @@ def inpaint_groups(policy, tok, groups, prompt_ids, prompt_attn, cfg, batch_idx,
     G, L, mask_id = cfg.G, cfg.gen_length, policy.config.mask_token_id
     hints, masks, seeds, golds = [], [], [], []
     for gi, item in groups:
-        trace, answer_start = reference_trace(tok, item)
+        trace, answer_start = inpaint.reference_trace(tok, data.format_response(item))
         gen = torch.Generator().manual_seed(launch.seed(cfg.seed, "hints", batch_idx, first + gi))
         h, hm, _ = inpaint.build_hints(trace, G, L, mask_id, gen=gen, answer_start=answer_start,
                                        s_min=cfg.chunk[0], s_max=cfg.chunk[1], eta_low=cfg.eta[0],
@@ -243,15 +250,6 @@ def inpaint_groups(policy, tok, groups, prompt_ids, prompt_attn, cfg, batch_idx,
         return empty
     correct, total = rewards(tok, comp[:n].cpu(), golds, cfg)
     return comp[:n], order[:n], correct, total, torch.cat(masks).to(comp.device)
-
-
-def reference_trace(tok, item):
-    """Token ids of the item's reference response and the index where its final answer starts (the last \\boxed)."""
-    text = data.format_response(item)
-    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-    cut = text.rfind("\\boxed")
-    answer_start = next((i for i, (s, _) in enumerate(enc["offset_mapping"]) if s >= cut), None) if cut >= 0 else None
-    return enc["input_ids"], answer_start
 
 
 # ----------------------------------------------------------------------------------------------- 3. advantages
@@ -380,7 +378,7 @@ def make_batch(policy, ref, tok, items, messages, cfg, batch_idx, first, device,
     b.adv = group_advantages(b.reward, cfg.G).to(device)                                   # 3
     b.lmask = loss_mask(b.comp, tok.eos_token_id, cfg.post_eos)
     with timed(times, "t_logp"):
-        b.old, b.ent, b.ref = old_logps(policy, ref, b, cfg)                               # 4
+        b.old, b.ent, b.ref_logp = old_logps(policy, ref, b, cfg)                               # 4
     return b
 
 
@@ -401,8 +399,9 @@ def update(policy, b, j, cfg, world):
             policy.set_requires_gradient_sync(k + mb >= B)  # reduce-scatter once per step
         with amp:
             logp = estimate_logps(policy, inputs, attn, b.comp, sl)[0]
-        ref = None if b.ref is None else b.ref[j][sl]
-        loss, st = grpo_loss(logp, b.old[j][sl], ref, b.adv[sl], keep[sl], n_total, cfg.eps, cfg.beta, cfg.ratio)
+        ref_logp = None if b.ref_logp is None else b.ref_logp[j][sl]
+        loss, st = grpo_loss(logp, b.old[j][sl], ref_logp, b.adv[sl], keep[sl], n_total, cfg.eps, cfg.beta,
+                             cfg.ratio)
         (loss * world).backward()  # FSDP averages gradients over ranks; the loss is already a global mean
         sums["loss"] += loss.item() * float(n_total)
         sums["kl"] += st["kl"]
@@ -437,20 +436,6 @@ def grpo_loss(logp, old_logp, ref_logp, adv, keep, n_total, eps, beta, ratio="to
 
 
 # ------------------------------------------------------------------------------------------------ training
-
-def lr_at(step, cfg):
-    """Linear warmup, then linear decay to 0 (O: the HF Trainer default schedule)."""
-    return launch.lr_at(step, cfg.steps, cfg.lr, cfg.warmup, decay="linear")
-
-
-def load_prompts(cfg):
-    """(training items, chat-message builder) of cfg.data, the first max_prompts of them when set."""
-    if cfg.data == "task":
-        items, messages = data.task_splits()["rl"], data.task_messages
-    else:
-        items, messages = data.load_split(cfg.data, "train"), data.build_messages
-    return items[:cfg.max_prompts or None], messages
-
 
 def batch_items(items, batch_idx, cfg, rank, world):
     """This rank's prompts of rollout batch `batch_idx` and the global position of the first one: consecutive
@@ -505,7 +490,7 @@ def train(cfg):
     policy, ref = launch.fsdp(policy, device), ref and launch.fsdp(ref, device)
     params = [p for p in policy.parameters() if p.requires_grad]  # LoRA: the adapters only
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    items, messages = load_prompts(cfg)
+    items, messages = data.rl_prompts(cfg.data, cfg.max_prompts)
     os.makedirs(cfg.out_dir, exist_ok=True)
     if rank == 0:
         with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
@@ -522,8 +507,9 @@ def train(cfg):
             b = make_batch(policy, ref, tok, mine, messages, cfg, step // cfg.mu, first, device, times)
             stats = batch_stats(b, cfg)
         policy.train()
+        lr = launch.lr_at(step, cfg.steps, cfg.lr, cfg.warmup)  # linear warmup and decay (O: HF Trainer's)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
+            g["lr"] = lr
         with timed(times, "t_update"):
             stats.update(update(policy, b, step % cfg.mu, cfg, world))
             gnorm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
@@ -533,7 +519,7 @@ def train(cfg):
                 raise FloatingPointError(f"non-finite loss at step {step}; no checkpoint is written after it")
             opt.step()
             opt.zero_grad(set_to_none=True)
-        row.update(step=step + 1, lr=lr_at(step, cfg), grad_norm=float(gnorm), t_update=times["t_update"])
+        row.update(step=step + 1, lr=lr, grad_norm=float(gnorm), t_update=times["t_update"])
         if "acc" in row:
             accs.append(row["acc"])
         if rank == 0:
@@ -549,50 +535,29 @@ def train(cfg):
     log(f"on-policy accuracy (T = {cfg.temperature}): first quarter of the run {sum(accs[:q]) / q:.3f} -> last "
         f"quarter {sum(accs[-q:]) / q:.3f}")
     if start is not None and cfg.eval_limit:
-        log(f"test {res['metric']}: start {fmt_acc(start)} -> after {cfg.steps} steps {fmt_acc(res)}")
+        log(f"test: start {E.fmt_acc(start)} -> after {cfg.steps} steps {E.fmt_acc(res)}")
     if dist.is_initialized():
         dist.destroy_process_group()
 
 
 def run_eval(policy, tok, cfg, step, metrics_f, log):
-    """evaluate(), logged and appended to metrics.jsonl; per-problem rows go to out_dir/eval/step-N.jsonl."""
-    res = evaluate(policy, tok, cfg, os.path.join(cfg.out_dir, "eval", f"step-{step}.jsonl"))
-    log(f"step {step}: test {fmt_acc(res)}")
+    """Greedy test accuracy (eval.py's protocol: the task's test split, else GSM8K test), logged and appended to
+    metrics.jsonl; per-problem rows go to out_dir/eval/step-N.jsonl."""
+    policy.eval()
+    path = os.path.join(cfg.out_dir, "eval", f"step-{step}.jsonl")
+    res = E.evaluate_fresh(policy, tok, "task" if cfg.data == "task" else "gsm8k", cfg.eval_limit, path,
+                           batch_size=cfg.micro_batch, seed=cfg.seed)
+    log(f"step {step}: test {E.fmt_acc(res)}")
     if metrics_f is not None:
         metrics_f.write(json.dumps(dict(step=step, eval=res)) + "\n")
         metrics_f.flush()
     return res
 
 
-def fmt_acc(res):
-    lo, hi = res["ci95"]
-    return f"{res['metric']} {res['accuracy']:.3f} (95% CI {lo:.3f}-{hi:.3f}, n = {res['n_problems']})"
-
-
 def save(policy, tok, cfg, step):
     """HF-format checkpoint of the policy at out_dir/step-N, written atomically (launch.save_checkpoint)."""
     launch.save_checkpoint(policy, tok, os.path.join(cfg.out_dir, f"step-{step}"),
                            extra_files={"igpo_config.json": asdict(cfg), "trainer_state.json": {"step": step}})
-
-
-def evaluate(policy, tok, cfg, out_path):
-    """Greedy test accuracy with eval.py's protocol: the embedded task's test split, else GSM8K test. Rows of an
-    earlier run at out_path are discarded first (eval.py would resume from them)."""
-    import eval as E
-    policy.eval()
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        os.makedirs(os.path.dirname(out_path), exist_ok=True)
-        for f in [out_path, *glob.glob(glob.escape(out_path) + ".rank*.part")]:
-            if os.path.exists(f):
-                os.remove(f)
-    if dist.is_initialized():
-        dist.barrier()
-    if cfg.data == "task":
-        items, proto, messages = data.task_splits()["test"], E.protocol("task"), data.task_messages
-    else:
-        items, proto, messages = data.load_split("gsm8k", "test"), E.protocol("gsm8k"), data.build_messages
-    return E.evaluate(policy, tok, items[:cfg.eval_limit], proto, messages=messages, batch_size=cfg.micro_batch,
-                      seed=cfg.seed, desc="eval", out_path=out_path)
 
 
 # ------------------------------------------------------------------------------------ metrics (kept out of the

@@ -93,6 +93,16 @@ def build_hints(trace, G, gen_length, mask_id, *, gen, answer_start=None, s_min=
     return hints, hints != mask_id, etas
 
 
+def reference_trace(tok, text):
+    """Token ids of a reference response and the index where its final answer starts (its last \\boxed; None if
+    it has none): hints are cut from trace[:answer_start] (the paper: hints never contain the answer)."""
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    cut = text.rfind("\\boxed")
+    if cut < 0:
+        return enc["input_ids"], None
+    return enc["input_ids"], next((i for i, (s, _) in enumerate(enc["offset_mapping"]) if s >= cut), None)
+
+
 def entropy_filter(entropy, hint_mask, tau=0.2):
     """(B, L) keep mask for the loss: every non-hint token, and per row the top max(1, ⌊τ·n⌋) of its n hint
     tokens by old-policy entropy (O's entropy_clipping_ratio_inpaint = 0.2). A row without hints keeps all."""

@@ -47,3 +47,15 @@ def tiny_model():
 @pytest.fixture
 def tiny_tokenizer():
     return build_tiny_tokenizer()
+
+
+def save_tiny_task_model(path, seed=0):
+    """A tiny random LLaDA (d 32, 2 layers) with the embedded task's tokenizer, saved in the HF format at path."""
+    import data
+    tok = data.task_tokenizer()
+    mc = model.ModelConfig(d_model=32, n_layers=2, n_heads=2, n_kv_heads=2, mlp_hidden_size=64, vocab_size=len(tok),
+                           embedding_size=len(tok), mask_token_id=tok.mask_token_id, eos_token_id=tok.eos_token_id,
+                           pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    model.save(model.LLaDA(mc).init_weights(std=0.1), tok, path)
+    return str(path)

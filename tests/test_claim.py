@@ -5,21 +5,13 @@ import os
 import subprocess
 import sys
 
-import torch
-
-import data
-import model as M
+from conftest import save_tiny_task_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_claim_quick_writes_a_row_per_arm(tmp_path):
-    tok = data.task_tokenizer()
-    mc = M.ModelConfig(d_model=32, n_layers=2, n_heads=2, n_kv_heads=2, mlp_hidden_size=64, vocab_size=len(tok),
-                       embedding_size=len(tok), mask_token_id=tok.mask_token_id, eos_token_id=tok.eos_token_id,
-                       pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    M.save(M.LLaDA(mc).init_weights(std=0.1), tok, tmp_path / "ck")
+    save_tiny_task_model(tmp_path / "ck")
     cmd = [sys.executable, "experiments/claim.py", "--quick", "--model", str(tmp_path / "ck"), "--out",
            str(tmp_path / "out"), "--runs", str(tmp_path / "runs"), "--", "--gen_length", "16", "--block_length", "8",
            "--diffusion_steps", "4", "--chunk", "2,3", "--reserve", "2", "--G", "4", "--micro_batch", "16"]

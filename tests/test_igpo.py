@@ -13,6 +13,7 @@ import data
 import igpo
 import launch
 import model as M
+from conftest import save_tiny_task_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LN = math.log
@@ -21,14 +22,7 @@ LN = math.log
 @pytest.fixture(scope="module")
 def task_ckpt(tmp_path_factory):
     """A tiny random LLaDA with the embedded task's tokenizer, saved in the HF format."""
-    tok = data.task_tokenizer()
-    mc = M.ModelConfig(d_model=32, n_layers=2, n_heads=2, n_kv_heads=2, mlp_hidden_size=64, vocab_size=len(tok),
-                       embedding_size=len(tok), mask_token_id=tok.mask_token_id, eos_token_id=tok.eos_token_id,
-                       pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ck") / "tiny-task"
-    M.save(M.LLaDA(mc).init_weights(std=0.1), tok, path)
-    return str(path)
+    return save_tiny_task_model(tmp_path_factory.mktemp("ck") / "tiny-task")
 
 
 def small_cfg(task_ckpt, **kw):
@@ -199,7 +193,7 @@ def test_all_equal_group_contributes_exactly_zero_gradient(task_ckpt):
 def test_reference_trace_excludes_the_final_answer():
     tok = data.task_tokenizer()
     item = data.task_splits()["rl"][0]
-    ids, start = igpo.reference_trace(tok, item)
+    ids, start = igpo.inpaint.reference_trace(tok, data.format_response(item))
     assert tok.decode(ids[start:]).startswith("\\boxed") and "\\boxed" not in tok.decode(ids[:start])
 
 

@@ -182,12 +182,8 @@ def test_igpo_with_lora_trains_only_the_adapter_and_uses_the_base_as_reference(t
     import data
     import igpo
     import launch
-    tok = data.task_tokenizer()
-    mc = model.ModelConfig(d_model=32, n_layers=2, n_heads=2, n_kv_heads=2, mlp_hidden_size=64, vocab_size=len(tok),
-                           embedding_size=len(tok), mask_token_id=tok.mask_token_id, eos_token_id=tok.eos_token_id,
-                           pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    model.save(model.LLaDA(mc).init_weights(std=0.1), tok, tmp_path / "base")
+    from conftest import save_tiny_task_model
+    save_tiny_task_model(tmp_path / "base")
     cfg = launch.parse_config(igpo.Config, igpo.PRESETS, [
         "--model", str(tmp_path / "base"), "--steps", "2", "--mu", "2", "--prompts_per_step", "2", "--G", "4",
         "--gen_length", "16", "--block_length", "8", "--diffusion_steps", "4", "--micro_batch", "8", "--chunk", "2,3",

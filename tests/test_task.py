@@ -37,7 +37,8 @@ def test_traces_are_correct():
 def test_splits_do_not_overlap_and_rl_is_harder():
     s = data.task_splits()
     chains = {k: {tuple(re.findall(r"\d+|[+-]", it["solution"])) for it in v} for k, v in s.items()}
-    assert not chains["sft"] & chains["rl"] and not chains["sft"] & chains["test"] and not chains["rl"] & chains["test"]
+    for a, b in [("sft", "rl"), ("sft", "test"), ("sft", "val"), ("rl", "test"), ("rl", "val"), ("test", "val")]:
+        assert not chains[a] & chains[b], (a, b)
     steps = {k: sum(it["solution"].count("\n") + 1 for it in v) / len(v) for k, v in s.items()}
     assert steps["rl"] > steps["sft"]
 
