@@ -86,10 +86,14 @@ def load_items(bench, data_dir="", limit=0):
     return items[:limit] if limit else items
 
 
+def stop_ids(tokenizer):
+    """The ids that end a completion: EOS and <|eot_id|> (LLaDA-Instruct ends its turn with the latter)."""
+    return {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|eot_id|>")} - {None, tokenizer.unk_token_id}
+
+
 def decode(tokenizer, ids):
-    """Completion text: tokens up to the first EOS / <|eot_id|>, special tokens dropped."""
-    stops = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|eot_id|>")} - {None, tokenizer.unk_token_id}
-    return tokenizer.decode(S.until_stop(ids, stops), skip_special_tokens=True)
+    """Completion text: tokens up to the first stop id, special tokens dropped."""
+    return tokenizer.decode(S.until_stop(ids, stop_ids(tokenizer)), skip_special_tokens=True)
 
 
 def read_rows(path):
@@ -131,6 +135,7 @@ def evaluate(model, tokenizer, items, proto, *, out_path=None, messages=data.bui
     new, bar = [], tqdm(total=len(units), desc=f"{desc} (rank 0 of {world})", disable=rank != 0)
     model.eval()
     n_batches = math.ceil(len(units) / batch_size)
+    stops = stop_ids(tokenizer)
     if world > 1:  # an FSDP-sharded model (igpo.py) needs every rank in every forward: pad with dummy batches
         t = torch.tensor(n_batches, device=device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -140,7 +145,8 @@ def evaluate(model, tokenizer, items, proto, *, out_path=None, messages=data.bui
         if not batch:  # a dummy batch: generate, keep nothing
             ids, attn = M.encode_chat(tokenizer, [messages(items[0]["question"])], prefill=proto["prefill"], device=device)
             S.generate(model, ids, attention_mask=attn, gen_length=proto["gen_length"], block_length=proto["block_length"],
-                       steps=proto["steps"], temperature=proto["temperature"], remasking=proto["remasking"])
+                       steps=proto["steps"], temperature=proto["temperature"], remasking=proto["remasking"],
+                       early_exit=True, stop_ids=stops, lockstep=launch.lockstep(device))
             continue
         convs = [messages(it["question"]) for it, _ in batch]
         ids, attn = M.encode_chat(tokenizer, convs, prefill=proto["prefill"], device=device)  # (b, P)
@@ -148,7 +154,8 @@ def evaluate(model, tokenizer, items, proto, *, out_path=None, messages=data.bui
                 for it, s in batch]  # per (problem, sample): independent of batching and world size
         out = S.generate(model, ids, attention_mask=attn, gen_length=proto["gen_length"],
                          block_length=proto["block_length"], steps=proto["steps"], temperature=proto["temperature"],
-                         remasking=proto["remasking"], generator=gens)  # (b, P + gen_length)
+                         remasking=proto["remasking"], generator=gens, early_exit=True, stop_ids=stops,
+                         lockstep=launch.lockstep(device))  # (b, P + gen_length); the text to a stop is exact
         for (it, s), conv, row_ids in zip(batch, convs, out[:, ids.shape[1]:].tolist()):
             text = proto["prefill"] + decode(tokenizer, row_ids)  # the prefill is part of the answer's format
             pred = reward.extract_answer(text)

@@ -72,6 +72,8 @@ class Config:
     block_length: int = 32             # semi-autoregressive block (O)
     diffusion_steps: int = 128         # denoising steps per rollout (O)
     temperature: float = 1.2           # rollout temperature (O)
+    fast_threshold: float = 0.0        # fast rollouts: commit every token with confidence >= this (0 = exact, LLaDA)
+    fast_cache: str = ""               # fast rollouts: "" | prefix | dual KV cache (approximate; see sample.py)
     inpaint: bool = True               # IGPO on; off = GRPO
     eta: tuple = (0.2, 0.6)            # hint ratio range, eta ~ U[lo, hi] per rollout (P, O); 0,0 = sample-matched
     chunk: tuple = (5, 10)             # hint chunk sizes in tokens, inclusive (O)
@@ -171,7 +173,9 @@ def sample_rows(policy, prompt_ids, prompt_attn, cfg, seeds, hints=None):
         x, steps = sample.generate(policy, prompt_ids[sl], attention_mask=prompt_attn[sl], gen_length=cfg.gen_length,
                                    block_length=cfg.block_length, steps=cfg.diffusion_steps,
                                    temperature=cfg.temperature, hints=None if hints is None else hints[sl],
-                                   generator=gens, return_steps=True)
+                                   generator=gens, return_steps=True, early_exit=not cfg.post_eos,
+                                   threshold=cfg.fast_threshold or None, cache=cfg.fast_cache or None,
+                                   lockstep=launch.lockstep(prompt_ids.device))
         out.append(x[:, prompt_ids.shape[1]:])
         order.append(steps)
     return torch.cat(out), torch.cat(order)

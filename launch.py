@@ -112,6 +112,14 @@ def all_sum(t):
     return t
 
 
+def lockstep(device):
+    """sample.generate's lockstep under a process group (every FSDP rank runs a forward whenever any rank needs
+    one, so early exit and skipped steps never hang a collective); None without one."""
+    if not dist.is_initialized():
+        return None
+    return lambda need: all_max(int(need), device) > 0
+
+
 def all_max(n, device):
     """The largest int n over ranks: ranks that must run the same number of forwards agree on it."""
     if not dist.is_initialized():
