@@ -107,14 +107,32 @@ def _local_rows(path: Path):
         with open(path, encoding="utf-8") as f:
             yield from enumerate(json.load(f), 1)
         return
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:  # bytes: a bad byte is reported with its line, not as a bare UnicodeDecodeError
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{n}: not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})") from None
             if not line.strip():
                 continue
             try:
                 yield n, json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{n}: malformed JSON ({e.msg})") from None
+
+
+def read_jsonl(path, *schemas):
+    """The rows of a JSONL file, each holding every field of one of `schemas` (tuples of field names); a bad row
+    is a ValueError naming the file, the line and the missing field(s)."""
+    rows = []
+    for n, row in _local_rows(Path(path)):
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+        missing = min(([k for k in schema if row.get(k) is None] for schema in schemas), key=len)
+        if missing:
+            raise ValueError(f"{path}:{n}: missing field(s) {missing}")
+        rows.append(row)
+    return rows
 
 
 def _hub_rows(spec: dict, split: str):
@@ -162,6 +180,8 @@ def rl_prompts(name: str, limit: int = 0):
     split; the first `limit` of them when limit > 0."""
     if name == "task":
         items, messages = task_splits()["rl"], task_messages
+    elif name.endswith(".jsonl"):  # question, answer; an optional solution is the reference trace
+        items, messages = read_jsonl(name, ("question", "answer")), build_messages
     else:
         items, messages = load_split(name, "train"), build_messages
     return items[:limit or None], messages

@@ -32,6 +32,12 @@ Notes (same numbers, different bookkeeping):
     the log-prob computation: G times fewer forwards, same numbers.
   - Every rank samples the same number of inpainted rows (padding with discarded rows), so FSDP's collectives
     line up; seeds use global indices, so rollouts and hints do not depend on the world size.
+Resume (`--resume on`): a checkpoint (out_dir/step-N, named by out_dir/latest) holds the policy, the optimizer, the
+step and the config; every random draw (data order, rollouts, hints, picks, log-prob masks, LoRA dropout) is
+seeded by (seed, step or batch, row) through launch.seed, so the step alone restores every stream and no RNG
+state is saved. Checkpoints fall between rollout batches (save_every is a multiple of mu), so the batch in flight
+is never needed; SIGTERM ends the current rollout batch (its remaining steps reuse rollouts already paid for), saves,
+and exits 0. The reference is reloaded from --model, whose fingerprint must match the checkpoint's.
 Launch:  python igpo.py                                    # embedded task, tiny LLaDA, 2 CPU cores, ~15 min
          torchrun --nproc_per_node=8 igpo.py --preset paper --model PATH_TO_SFT_CHECKPOINT
          python igpo.py --inpaint off                      # GRPO baseline;  --eta 0,0: sample-matched baseline
@@ -112,6 +118,10 @@ class Config:
     eval_every: int = 0                # optimizer steps between evaluations; 0 = only at the end
     eval_limit: int = 200              # test problems per evaluation; 0 = no evaluation
     eval_start: bool = True            # also evaluate the initial policy (the SFT start) before the first step
+    resume: bool = False               # continue from the checkpoint out_dir/latest names (fresh start if none)
+    keep_last: int = 3                 # step-N checkpoints kept in out_dir, the newest (0 = all)
+    max_bad_steps: int = 3             # non-finite loss/grad-norm steps are skipped; this many in a row stop the run
+    dist_timeout: int = 1800           # seconds a collective may wait (a dead or hung rank) before every rank fails
 
 
 # `python igpo.py` = the embedded task on a CPU; `--preset paper` = the paper's run.
@@ -203,7 +213,7 @@ def rescue(policy, tok, items, b, cfg, first):
     replacement rows: (rows of b to overwrite (R,), completions (R, L), commit steps (R, L), correctness (R,),
     reward (R,), hint mask (R, L)). Called on every rank, also with no all-wrong group: FSDP needs every rank in every forward."""
     G = cfg.G
-    groups = all_wrong(b.correct, G).nonzero().squeeze(1).tolist()                          # where IGPO acts
+    groups = [gi for gi in all_wrong(b.correct, G).nonzero().squeeze(1).tolist() if has_trace(items[gi])]  # IGPO acts
     hinted = inpaint_groups(policy, tok, [(gi, items[gi]) for gi in groups], b.prompt, b.attn, cfg, b.idx, first)
     hinted_correct = hinted[2]  # hinted = (completions, commit steps, correctness, reward, hint mask)
     rows, src = [], []
@@ -215,6 +225,11 @@ def rescue(policy, tok, items, b, cfg, first):
         src += (k * G + pick).tolist()
     rows, src = torch.tensor(rows, dtype=torch.long), torch.tensor(src, dtype=torch.long)
     return (rows, *[t[src] for t in hinted])
+
+
+def has_trace(item):
+    """Whether an item has a reference trace to take hints from (AMC, question/answer-only JSONL rows have none)."""
+    return bool(item.get("response") or item.get("solution"))
 
 
 def pick_replacements(new_correct, lam, gen):
@@ -450,10 +465,11 @@ def batch_items(items, batch_idx, cfg, rank, world):
     return [items[i] for i in launch.data_order(len(items), cfg.seed, range(first, first + per_rank))], first
 
 
-def build(cfg, device):
-    """(policy, reference or None, tokenizer): the policy from cfg.model, and a frozen copy of it when beta > 0
-    under full fine-tuning (with LoRA the reference is the policy with its adapter off: no copy). Only the task
-    preset's own default path is trained on the fly (by sft.py) when missing."""
+def build(cfg, device, ckpt=None):
+    """(policy, reference or None, tokenizer, run state): the policy from cfg.model (resumed: from checkpoint ckpt;
+    LoRA: cfg.model + the saved adapter), and a frozen copy of cfg.model when beta > 0 under full fine-tuning (with
+    LoRA the reference is the policy with its adapter off: no copy). Only the task preset's own default path is
+    trained on the fly (by sft.py) when missing."""
     if not os.path.exists(os.path.join(cfg.model, "config.json")) and cfg.model == TASK_DEFAULT_MODEL:
         if dist.is_initialized():
             raise SystemExit(f"{cfg.model} is missing: run `python sft.py` once before torchrun")
@@ -462,13 +478,17 @@ def build(cfg, device):
     if not os.path.exists(cfg.model) and looks_local(cfg.model):
         raise SystemExit(f"--model {cfg.model}: no such directory (the task model is made by `python sft.py "
                          f"--out_dir {cfg.model}`)")
-    policy, tok = M.load(cfg.model, device=device)
-    M.add_lora(policy, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, tuple(cfg.lora_targets.split(",")))
+    state = launch.resume_state(ckpt, cfg.model)  # refuses a --model whose weights changed since the checkpoint
+    policy, tok = launch.load_model(ckpt if ckpt and not cfg.lora_rank else cfg.model, device=device)
+    if ckpt and cfg.lora_rank:
+        M.load_adapter(policy, os.path.join(ckpt, "adapter"))
+    else:
+        M.add_lora(policy, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, tuple(cfg.lora_targets.split(",")))
     ref = None
     if cfg.beta > 0 and not cfg.lora_rank:
-        ref, _ = M.load(cfg.model, device=device)
+        ref, _ = launch.load_model(cfg.model, device=device)
         ref.requires_grad_(False)
-    return policy, ref, tok
+    return policy, ref, tok, state
 
 
 def looks_local(path):
@@ -476,33 +496,56 @@ def looks_local(path):
     return path.startswith((".", "/", "~")) or path.count("/") != 1 or os.path.isdir(path.split("/")[0])
 
 
+def check_config(cfg, world):
+    """Flag combinations that cannot run are usage errors at start-up, before any model is loaded."""
+    blocks = max(1, cfg.gen_length // cfg.block_length)
+    launch.usage_error([msg for bad, msg in [
+        (cfg.prompts_per_step % world, f"--prompts_per_step {cfg.prompts_per_step} not divisible by world {world}"),
+        (cfg.steps % cfg.mu, f"--steps {cfg.steps} not a multiple of --mu {cfg.mu} (a rollout batch serves mu steps)"),
+        (cfg.save_every % cfg.mu, f"--save_every {cfg.save_every} not a multiple of --mu {cfg.mu} (checkpoints fall "
+                                  f"between rollout batches)"),
+        (cfg.gen_length % cfg.block_length, f"--gen_length {cfg.gen_length} not a multiple of --block_length"),
+        (cfg.diffusion_steps % blocks, f"--diffusion_steps {cfg.diffusion_steps} not divisible by {blocks} blocks"),
+        (cfg.ratio not in ("token", "sequence", "sequence_all"), "--ratio: token | sequence | sequence_all"),
+        (cfg.logp not in ("d1", "trajectory") or cfg.logp_group < 1, "--logp: d1 | trajectory; --logp_group >= 1"),
+        (cfg.reward_rule not in reward.RULES, f"--reward_rule: one of {reward.RULES}")] if bad])
+
+
 def train(cfg):
-    rank, world, device = launch.setup_dist()
+    rank, world, device = launch.setup_dist(cfg.dist_timeout)
     log = print if rank == 0 else (lambda *a, **k: None)
-    assert cfg.ratio in ("token", "sequence", "sequence_all"), f"--ratio {cfg.ratio}: token | sequence | sequence_all"
-    assert cfg.logp in ("d1", "trajectory") and cfg.logp_group >= 1, f"--logp {cfg.logp}: d1 | trajectory"
-    assert cfg.reward_rule in reward.RULES, f"--reward_rule {cfg.reward_rule}: one of {reward.RULES}"
-    assert cfg.prompts_per_step % world == 0, "prompts_per_step must be divisible by the world size"
-    assert cfg.steps % cfg.mu == 0, "steps must be a multiple of mu (one rollout batch serves mu steps)"
+    check_config(cfg, world)
+    try:  # bad data fails here, naming file, line and field, before a model is loaded
+        items, messages = data.rl_prompts(cfg.data, cfg.max_prompts)
+    except (OSError, ValueError, KeyError) as e:
+        raise SystemExit(f"--data {cfg.data}: {e}") from None
     log(json.dumps(asdict(cfg), indent=1))
     log(f"world {world}: {cfg.prompts_per_step // world} prompts x G={cfg.G} = {cfg.prompts_per_step // world * cfg.G}"
         f" rollouts per rank, global {cfg.prompts_per_step * cfg.G}; {cfg.steps // cfg.mu} rollout batches"
         f" x mu={cfg.mu}")
     torch.manual_seed(cfg.seed)
-    policy, ref, tok = build(cfg, device)
+    ckpt = launch.latest_checkpoint(cfg.out_dir) if cfg.resume else None
+    policy, ref, tok, state = build(cfg, device, ckpt)
     policy.gradient_checkpointing = cfg.grad_ckpt
     policy, ref = launch.fsdp(policy, device), ref and launch.fsdp(ref, device)
     params = [p for p in policy.parameters() if p.requires_grad]  # LoRA: the adapters only
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    items, messages = data.rl_prompts(cfg.data, cfg.max_prompts)
+    if ckpt:
+        launch.load_optimizer(policy, opt, ckpt)
+        log(f"resumed from {ckpt} at step {state['step']}")
     os.makedirs(cfg.out_dir, exist_ok=True)
     if rank == 0:
         with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
             json.dump(asdict(cfg), f, indent=1)
+        launch.keep_rows(os.path.join(cfg.out_dir, "metrics.jsonl"), state["step"])
     metrics_f = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") if rank == 0 else None
-    start = run_eval(policy, tok, cfg, 0, metrics_f, log) if cfg.eval_limit and cfg.eval_start else None
+    start = res = None
+    if cfg.eval_limit and cfg.eval_start and not state["step"]:
+        start = run_eval(policy, tok, cfg, 0, metrics_f, log)
+    launch.catch_sigterm()
     accs = []  # on-policy accuracy of each rollout batch, for the closing summary
-    bar = tqdm(range(cfg.steps), disable=rank != 0, desc="igpo" if cfg.inpaint else "grpo")
+    bar = tqdm(range(state["step"], cfg.steps), disable=rank != 0, desc="igpo" if cfg.inpaint else "grpo",
+               initial=state["step"], total=cfg.steps)
     for step in bar:
         stats, times = {}, {}
         if step % cfg.mu == 0:
@@ -510,20 +553,24 @@ def train(cfg):
             mine, first = batch_items(items, step // cfg.mu, cfg, rank, world)
             b = make_batch(policy, ref, tok, mine, messages, cfg, step // cfg.mu, first, device, times)
             stats = batch_stats(b, cfg)
+            wrong = all_wrong(b.correct_policy, cfg.G).tolist()
+            stats["no_trace"] = (float(sum(w and not has_trace(it) for w, it in zip(wrong, mine))), len(mine))
         policy.train()
+        torch.manual_seed(launch.seed(cfg.seed, "dropout", step, rank))  # LoRA dropout: a function of the step
         lr = launch.lr_at(step, cfg.steps, cfg.lr, cfg.warmup)  # linear warmup and decay (O: HF Trainer's)
         for g in opt.param_groups:
             g["lr"] = lr
         with timed(times, "t_update"):
             stats.update(update(policy, b, step % cfg.mu, cfg, world))
             gnorm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-            gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm
+            gnorm = float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)
             row = summarize(stats, times, world)
-            if not math.isfinite(row.get("loss", 0.0)):
-                raise FloatingPointError(f"non-finite loss at step {step}; no checkpoint is written after it")
-            opt.step()
+            ok = launch.step_ok(row.get("loss", 0.0), gnorm, state, cfg.max_bad_steps)
+            if ok:  # a non-finite step is skipped: no update
+                opt.step()
             opt.zero_grad(set_to_none=True)
-        row.update(step=step + 1, lr=lr, grad_norm=float(gnorm), t_update=times["t_update"])
+        row.update(step=step + 1, lr=lr, grad_norm=gnorm, skipped=float(not ok),
+                   t_update=times["t_update"])
         if "acc" in row:
             accs.append(row["acc"])
         if rank == 0:
@@ -531,10 +578,15 @@ def train(cfg):
             metrics_f.flush()
             bar.set_postfix({k: f"{row[k]:.3g}" for k in SHOWN if k in row})
         last = step + 1 == cfg.steps
-        if (step + 1) % cfg.save_every == 0 or last:
-            save(policy, tok, cfg, step + 1)
         if cfg.eval_limit and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
-            res = run_eval(policy, tok, cfg, step + 1, metrics_f, log)
+            res = run_eval(policy, tok, cfg, step + 1, metrics_f, log)  # before the save: a resume redoes both
+        stop = launch.stop_requested(device) and (step + 1) % cfg.mu == 0  # SIGTERM: at the end of the batch
+        state["step"] = step + 1
+        if (step + 1) % cfg.save_every == 0 or last or stop:
+            save(policy, opt, tok, cfg, state)
+        if stop:
+            log(f"SIGTERM: stopped after step {step + 1}, checkpoint saved; --resume on continues from it")
+            break
     q = max(1, len(accs) // 4)
     log(f"on-policy accuracy (T = {cfg.temperature}): first quarter of the run {sum(accs[:q]) / q:.3f} -> last "
         f"quarter {sum(accs[-q:]) / q:.3f}")
@@ -558,10 +610,12 @@ def run_eval(policy, tok, cfg, step, metrics_f, log):
     return res
 
 
-def save(policy, tok, cfg, step):
-    """HF-format checkpoint of the policy at out_dir/step-N, written atomically (launch.save_checkpoint)."""
-    launch.save_checkpoint(policy, tok, os.path.join(cfg.out_dir, f"step-{step}"),
-                           extra_files={"igpo_config.json": asdict(cfg), "trainer_state.json": {"step": step}})
+def save(policy, opt, tok, cfg, state):
+    """Checkpoint out_dir/step-N: the policy (HF format), optimizer, run state and config, written atomically,
+    then named by out_dir/latest; only the newest keep_last stay (launch.save_checkpoint)."""
+    launch.save_checkpoint(policy, tok, os.path.join(cfg.out_dir, f"step-{state['step']}"), opt=opt,
+                           keep_last=cfg.keep_last,
+                           extra_files={"igpo_config.json": asdict(cfg), "trainer_state.json": state})
 
 
 # ------------------------------------------------------------------------------------ metrics (kept out of the

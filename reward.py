@@ -165,6 +165,7 @@ def _worker_main():
     import resource
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business; EOF on stdin ends us
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # SLURM signals every process: the parent's last step still needs us
     resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEM_BYTES, WORKER_MEM_BYTES))
     logging.disable(logging.CRITICAL)  # math-verify warns that its timeout is off: we own the timeout
     from math_verify import parse, verify

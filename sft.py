@@ -72,6 +72,8 @@ class Config:
     rewrite_model: str = ""          # a transformers causal LM: rewrite the traces of --data, write --rewrite_out
     rewrite_out: str = "runs/rewritten.jsonl"  # output of the rewriting (keys id, question, answer, solution)
     rewrite_cap: int = 1024          # drop rewritten traces longer than this many rewriter tokens (paper ~1k)
+    max_bad_steps: int = 3           # non-finite loss/grad-norm steps are skipped; this many in a row stop the run
+    dist_timeout: int = 1800         # seconds a collective may wait (a dead or hung rank) before every rank fails
 
 
 # The no-flag run: a 0.9M-param LLaDA from scratch on the embedded task (data.py); rows = the RL sampler's canvas.
@@ -118,9 +120,8 @@ def load_items(spec, split="train"):
         return data.task_splits()["sft"]
     if spec == "math":
         return data.load_split("gsm8k", "train") + data.load_split("math", "train")
-    if spec.endswith(".jsonl"):
-        with open(spec) as f:
-            return [json.loads(line) for line in f if line.strip()]
+    if spec.endswith(".jsonl"):  # errors name the file, the line and the missing field
+        return data.read_jsonl(spec, ("prompt", "response"), ("question", "answer", "solution"))
     import datasets  # a hub dataset with question/answer/solution or prompt/response columns
     return list(datasets.load_dataset(spec, split=split))
 
@@ -169,10 +170,10 @@ def build_model(cfg):
     weights are merged)."""
     resuming = cfg.resume and os.path.exists(os.path.join(cfg.out_dir, "trainer_state.json"))
     if resuming and cfg.lora_rank:
-        model, tok = M.load(cfg.model)
+        model, tok = launch.load_model(cfg.model)
         return M.load_adapter(model, os.path.join(cfg.out_dir, "adapter")), tok
     if resuming or cfg.model != "scratch":
-        model, tok = M.load(cfg.out_dir if resuming else cfg.model)
+        model, tok = launch.load_model(cfg.out_dir if resuming else cfg.model)
     else:
         tok = data.task_tokenizer()
         mc = M.ModelConfig(**data.task_model_fields(tok))
@@ -181,10 +182,10 @@ def build_model(cfg):
     return M.add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, targets), tok
 
 
-def save_checkpoint(cfg, model, opt, tok, step):
-    """HF-format weights + optimizer + step, atomically over out_dir (launch.save_checkpoint)."""
+def save_checkpoint(cfg, model, opt, tok, state):
+    """HF-format weights + optimizer + run state, atomically over out_dir (launch.save_checkpoint)."""
     launch.save_checkpoint(model, tok, cfg.out_dir, opt=opt,
-                           extra_files={"sft_config.json": asdict(cfg), "trainer_state.json": {"step": step}})
+                           extra_files={"sft_config.json": asdict(cfg), "trainer_state.json": state})
 
 
 def lr_at(step, total, cfg):
@@ -193,25 +194,36 @@ def lr_at(step, total, cfg):
 
 
 def train(cfg):
-    rank, world, device = launch.setup_dist()
+    """SFT with exact resume: the draws are functions of the step (deviation 2), so a checkpoint needs only the
+    weights, the optimizer and the step. SIGTERM finishes the step, saves and exits 0; a non-finite step is skipped."""
+    rank, world, device = launch.setup_dist(cfg.dist_timeout)
     log = print if rank == 0 else (lambda *a, **k: None)
-    log(json.dumps(asdict(cfg), indent=1))
-    model, tok = build_model(cfg)
-    pairs = tokenize_pairs(load_items(cfg.data), tok, cfg, log)
     per_rank, accum = cfg.global_batch // world, cfg.global_batch // (world * cfg.micro_batch)
-    assert accum * world * cfg.micro_batch == cfg.global_batch, "global_batch must be divisible by world * micro_batch"
+    launch.usage_error([f"--global_batch {cfg.global_batch} not divisible by world {world} x --micro_batch "
+                        f"{cfg.micro_batch}"] if accum * world * cfg.micro_batch != cfg.global_batch else [])
+    try:  # bad data fails here, naming file, line and field, before a model is loaded
+        items = load_items(cfg.data)
+    except (OSError, ValueError, KeyError) as e:
+        raise SystemExit(f"--data {cfg.data}: {e}") from None
+    log(json.dumps(asdict(cfg), indent=1))
+    if cfg.resume:
+        launch.recover(cfg.out_dir)
+    resuming = cfg.resume and os.path.exists(os.path.join(cfg.out_dir, "trainer_state.json"))
+    state = launch.resume_state(cfg.out_dir if resuming else None, cfg.model)  # a LoRA resume reloads the base
+    model, tok = build_model(cfg)
+    pairs = tokenize_pairs(items, tok, cfg, log)
     total = cfg.steps or math.ceil(cfg.epochs * len(pairs) / cfg.global_batch)
     log(f"world {world} x micro_batch {cfg.micro_batch} x accumulation {accum} = global batch {cfg.global_batch}; "
         f"{total} steps; {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params")
     model.gradient_checkpointing = cfg.grad_ckpt
     model = launch.fsdp(model.to(device).train(), device)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    state = os.path.join(cfg.out_dir, "trainer_state.json")
-    start = json.load(open(state))["step"] if cfg.resume and os.path.exists(state) else 0
+    start = state["step"]
     if start:  # build_model loaded the weights; the data order and the draws are functions of the step
         launch.load_optimizer(model, opt, cfg.out_dir)
         log(f"resumed from {cfg.out_dir} at step {start}")
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
+    launch.catch_sigterm()
     t0 = time.time()
     for step in range(start, total):
         idx = launch.data_order(len(pairs), cfg.seed, range(step * cfg.global_batch, (step + 1) * cfg.global_batch))
@@ -225,6 +237,7 @@ def train(cfg):
                 dist.all_reduce(denom)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, total, cfg)
+        torch.manual_seed(launch.seed(cfg.seed, "dropout", step, rank))  # LoRA dropout: a function of the step
         loss_sum = torch.zeros((), device=device)
         for k, (ids, attn, plen, t, mask) in enumerate(micro):
             if world > 1:
@@ -237,18 +250,21 @@ def train(cfg):
             loss_sum += loss.detach()
         if world > 1:
             dist.all_reduce(loss_sum)
-        if not torch.isfinite(loss_sum):
-            raise FloatingPointError(f"non-finite loss {loss_sum.item()} at step {step}; nothing saved after it")
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        gnorm = float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)  # a DTensor under FSDP
+        ok = launch.step_ok(loss_sum.item(), gnorm, state, cfg.max_bad_steps)
+        if ok:  # a non-finite step is skipped: no update
+            opt.step()
         opt.zero_grad(set_to_none=True)
-        if (step + 1) % cfg.log_every == 0 or step + 1 == total:
-            gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm  # a DTensor under FSDP
+        if (step + 1) % cfg.log_every == 0 or step + 1 == total or not ok:
             log(f"step {step + 1}/{total} loss {loss_sum.item():.4f} lr {lr_at(step, total, cfg):.2e} "
-                f"gnorm {gnorm.item():.3f} {time.time() - t0:.0f}s")
-        if step + 1 in (total, cfg.stop_at) or (step + 1) % cfg.save_every == 0:
-            save_checkpoint(cfg, model, opt, tok, step + 1)
-        if step + 1 == cfg.stop_at:
+                f"gnorm {gnorm:.3f}{'' if ok else ' skipped (non-finite)'} {time.time() - t0:.0f}s")
+        stop = launch.stop_requested(device)
+        state["step"] = step + 1
+        if step + 1 in (total, cfg.stop_at) or (step + 1) % cfg.save_every == 0 or stop:
+            save_checkpoint(cfg, model, opt, tok, state)
+        if step + 1 == cfg.stop_at or stop:
+            log(f"stopped at step {step + 1}{' (SIGTERM)' if stop else ''}; --resume on continues from it")
             break
     log(f"saved {cfg.out_dir}; {time.time() - t0:.0f}s")
     if dist.is_initialized():

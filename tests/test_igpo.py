@@ -71,7 +71,8 @@ def test_rescue_overwrites_the_first_k_rows_of_all_wrong_groups_only(task_ckpt, 
     hinted = (new, new - 100, new_correct, new_correct + 0.5, torch.ones(G, L, dtype=torch.bool))
     monkeypatch.setattr(igpo, "inpaint_groups", lambda pol, tok, groups, *a: (
         hinted if [gi for gi, _ in groups] == [0] else pytest.fail(f"inpainted {groups}")))
-    rows, new_comp, new_order, new_c, new_t, new_h = igpo.rescue(None, None, [{}, {}], b, cfg, first=0)
+    items = [{"solution": "s"}, {"solution": "s"}]  # both have a reference trace
+    rows, new_comp, new_order, new_c, new_t, new_h = igpo.rescue(None, None, items, b, cfg, first=0)
     assert torch.equal(new_order + 100, new_comp)  # commit steps travel with their rows
     assert rows.tolist() == [0, 1]  # K = min(3 correct, floor(0.5 * 4)) = 2, the first rows of group 0
     assert (new_c == 3.0).all() and (new_t == 3.5).all() and new_h.all()

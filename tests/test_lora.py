@@ -189,7 +189,7 @@ def test_igpo_with_lora_trains_only_the_adapter_and_uses_the_base_as_reference(t
         "--gen_length", "16", "--block_length", "8", "--diffusion_steps", "4", "--micro_batch", "8", "--chunk", "2,3",
         "--reserve", "2", "--eval_limit", "0", "--warmup", "1", "--lr", "1e-2", "--lora_rank", "4", "--beta", "0.01",
         "--out_dir", str(tmp_path / "run")])
-    pol, ref, tok = igpo.build(cfg, torch.device("cpu"))
+    pol, ref, tok, _ = igpo.build(cfg, torch.device("cpu"))
     assert ref is None and {n for n, p in pol.named_parameters() if p.requires_grad} == {
         n for n in dict(pol.named_parameters()) if ".lora_" in n}
     base, _ = model.load(tmp_path / "base")
