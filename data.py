@@ -213,6 +213,7 @@ TASK_VERBS = {"+": ("gets", "finds"), "-": ("loses", "gives")}
 TASK_ORDINALS = ("first", "second", "third", "fourth", "fifth")
 TASK_MODEL = dict(d_model=128, n_layers=4, n_heads=4, n_kv_heads=4, mlp_hidden_size=384, rope_theta=10000.0,
                   max_sequence_length=128)  # plus the ids and vocab size from the task tokenizer
+TASK_MAX_VALUE = 9  # every value of a chain stays in 0..TASK_MAX_VALUE (read at call time, like TASK_SPLITS)
 TASK_SAMPLING = dict(gen_length=56, block_length=8, steps=56, temperature=1.2)  # paper T; a response is <= 53 tokens
 TASK_HINT_RESERVE = 8  # inpaint.build_hints(reserve=...): the window's last 8 slots stay free for the answer
 
@@ -241,12 +242,13 @@ def task_problem(rng, n_steps, max_value=9):
     return question, str(v), "\n".join(lines), tuple(key)
 
 
-def task_splits(splits=None, max_value=9):
+def task_splits(splits=None, max_value=None):
     """{'sft' | 'rl' | 'test' | 'val': [item]} (splits: None = TASK_SPLITS, read at call time); item keys as the benchmark loaders: id, question, answer, solution.
     Deterministic from the seeds; a chain (numbers and operations, whatever the wording) is in one split only,
     and at most once in the test and RL splits."""
     import random
     splits, held_out, out = splits or TASK_SPLITS, set(), {}
+    max_value = TASK_MAX_VALUE if max_value is None else max_value
     for split in ("test", "rl", "val", "sft"):  # held-out splits first, so SFT never sees their chains
         lo, hi, size, seed = splits[split]
         rng, items, mine = random.Random(seed), [], set()

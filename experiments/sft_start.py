@@ -37,6 +37,8 @@ CONFIGS = {
     "mix15-lr4e-3": ("SFT chains 1-5, 1000 steps, peak lr 4e-3 (2x)", (1, 5, 20000, 1), ["--lr", "4e-3"]),
     "mix15-4k": ("SFT chains 1-5, 4000 steps (the stages of mix15-2k given twice the budget)", (1, 5, 20000, 1),
                  ["--steps", "4000"]),
+    "max5-mix15": ("values 0..5 instead of 0..9 (a lookup table of 30 facts, not 110), SFT chains 1-5, 1000 steps",
+                   (1, 5, 20000, 1), [], dict(TASK_MAX_VALUE=5)),
 }
 
 
@@ -51,8 +53,10 @@ class Tee(io.TextIOBase):
 
 
 def run(name, steps_eval):
-    why, sft_split, flags = CONFIGS[name]
+    why, sft_split, flags, *task = CONFIGS[name]
     data.TASK_SPLITS["sft"] = sft_split or BASE_SFT
+    for k, v in (task[0] if task else {}).items():  # task-definition overrides, e.g. TASK_MAX_VALUE
+        setattr(data, k, v)
     ckpt = os.path.join(ROOT, "runs", "sft_start", name)
     cfg = sft.parse_config(["--out_dir", ckpt, *flags])
     buf = io.StringIO()
@@ -62,7 +66,7 @@ def run(name, steps_eval):
     wall = time.time() - t0
     losses = re.findall(r"step (\d+)/\d+ loss ([\d.]+)", buf.getvalue())
     m, tok = M.load(ckpt)
-    res = dict(name=name, why=why, sft_split=data.TASK_SPLITS["sft"], flags=flags, threads=torch.get_num_threads(),
+    res = dict(name=name, why=why, sft_split=data.TASK_SPLITS["sft"], flags=flags, task=task[0] if task else {}, threads=torch.get_num_threads(),
                sft_seconds=round(wall), final_loss=float(losses[-1][1]), loss_curve=[(int(s), float(v)) for s, v in losses],
                command=f"OMP_NUM_THREADS={torch.get_num_threads()} python experiments/sft_start.py --config {name}")
     for s in steps_eval:
