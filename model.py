@@ -79,15 +79,13 @@ class ModelConfig:
         return d
 
 
-# The fixed choices of LLaDA-8B that this forward implements; written into every saved config.json so the
-# directory also loads in LLaDA's own modeling code.
+# LLaDA-8B's fixed choices this forward implements, saved in every config.json for LLaDA's own modeling code.
 LLADA_ARCH = dict(model_type="llada", architectures=["LLaDAModelLM"], block_type="llama", activation_type="silu",
                   layer_norm_type="rms", rope=True, alibi=False, include_bias=False, include_qkv_bias=False,
                   bias_for_layer_norm=False, layer_norm_with_affine=True, attention_layer_norm=False,
                   scale_logits=False, rope_full_precision=True, input_emb_norm=False, block_group_size=1,
                   attention_dropout=0.0, residual_dropout=0.0, embedding_dropout=0.0)
-# AutoModel.from_pretrained(dir, trust_remote_code=True) needs auto_map and LLaDA's configuration/modeling files.
-# `save` copies the files a loaded checkpoint carried; without them it points auto_map at LLaDA's hub repo.
+# AutoModel(trust_remote_code=True) needs auto_map + LLaDA's code files: `save` copies a checkpoint's, else the hub's.
 LLADA_CODE_REPO = "GSAI-ML/LLaDA-8B-Instruct"
 LLADA_AUTO_MAP = {"AutoConfig": "configuration_llada.LLaDAConfig", "AutoModel": "modeling_llada.LLaDAModelLM",
                   "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM"}
