@@ -136,10 +136,7 @@ def evaluate(model, tokenizer, items, proto, *, out_path=None, messages=data.bui
     model.eval()
     n_batches = math.ceil(len(units) / batch_size)
     stops = stop_ids(tokenizer)
-    if world > 1:  # an FSDP-sharded model (igpo.py) needs every rank in every forward: pad with dummy batches
-        t = torch.tensor(n_batches, device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        n_batches = int(t)
+    n_batches = launch.all_max(n_batches, device)  # FSDP (igpo.py) needs every rank in every forward: dummy batches
     for i in range(0, n_batches * batch_size, batch_size):
         batch = units[i:i + batch_size]
         if not batch:  # a dummy batch: generate, keep nothing

@@ -290,7 +290,8 @@ def old_logps(policy, ref, b, cfg):
             if j > 0 and not (cfg.logp == "d1" and cfg.p_mask_prompt > 0):  # same inputs as j = 0
                 old.append(old[0])
                 ent.append(ent[0])
-                refs is not None and refs.append(refs[0])
+                if refs is not None:
+                    refs.append(refs[0])
                 continue
             inputs, attn = estimator_inputs(b, j, cfg, policy.config.mask_token_id)
             parts = [estimate_logps(policy, inputs, attn, b.comp, slice(k, k + cfg.micro_batch), True)

@@ -232,9 +232,7 @@ def train(cfg):
                          cfg, tok.eos_token_id) for k in range(0, per_rank, cfg.micro_batch)]
         denom = torch.tensor(float(cfg.global_batch))
         if cfg.loss_norm == "batch":  # response tokens (EOS padding included) of the whole global batch
-            denom = sum((ids.shape[1] - plen).sum() for ids, _, plen, _, _ in micro).float()
-            if world > 1:
-                dist.all_reduce(denom)
+            denom = launch.all_sum(sum((ids.shape[1] - plen).sum() for ids, _, plen, _, _ in micro).float())
         for g in opt.param_groups:
             g["lr"] = lr_at(step, total, cfg)
         torch.manual_seed(launch.seed(cfg.seed, "dropout", step, rank))  # LoRA dropout: a function of the step
@@ -248,8 +246,7 @@ def train(cfg):
                                 norm=cfg.loss_norm, denom=denom.to(device))
             (loss * world).backward()  # FSDP averages gradients over ranks; the loss is already a global mean
             loss_sum += loss.detach()
-        if world > 1:
-            dist.all_reduce(loss_sum)
+        launch.all_sum(loss_sum)
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         gnorm = float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)  # a DTensor under FSDP
         ok = launch.step_ok(loss_sum.item(), gnorm, state, cfg.max_bad_steps)
