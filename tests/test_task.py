@@ -72,3 +72,14 @@ def test_task_preset_fits_the_sampling_window():
     for items in (splits["rl"], splits["test"]):  # the longest chains; SFT's are shorter
         pairs = sft.tokenize_pairs(items, tok, cfg, log=lambda *a: None)
         assert len(pairs) == len(items)  # nothing over max_len: every response (+ EOT) fits the window
+
+
+def test_task_max_value_bounds_every_value_and_rl_prompts_limit(monkeypatch):
+    monkeypatch.setattr(data, "TASK_MAX_VALUE", 5)  # read at call time (experiments/sft_start.py's max5 configs)
+    splits = data.task_splits()
+    for items in splits.values():
+        for it in items[:300]:
+            assert max(int(n) for n in re.findall(r"\d", it["solution"])) <= 5
+    items, messages = data.rl_prompts("task", 16)
+    assert items == splits["rl"][:16] and messages is data.task_messages
+    assert data.rl_prompts("task")[0] == splits["rl"]
