@@ -196,16 +196,17 @@ def shard(items: list, rank: int, world: int) -> list:
 
 # ----------------------------------------------------------------------------------------------------------------
 # The embedded task: multi-step arithmetic word problems small enough to SFT and RL a tiny LLaDA on a CPU.
-#   "Tom has 3 coins. First he gets 5, second loses 2, third finds 3. How many coins now?"
-#   -> "first: 3+5=8\nsecond: 8-2=6\nthird: 6+3=9" -> \boxed{9}
-# Every value stays in 0..9, so a step is one table lookup (+ or -) on the previous value and an operand copied
-# from the question; difficulty = number of steps (and max_value). Why this shape: a 4-layer d=128 model learns no
-# two-digit arithmetic in minutes on 2 cores, and without the ordinal markers it did not learn, in 1000-1600 steps,
-# to find the k-th operand of a question (its answers stayed at chance, ~10%); "second" in both the question and
-# the trace turns that into a copy by content. SFT split: 1-4 steps; RL split: 3-5 steps (5 is never seen in SFT:
-# all-wrong groups for IGPO to fix, with hints from the reference trace); test: 2-5. No system prompt: prompts stay
-# ~35 tokens and SFT teaches the format. Measured on `python sft.py`'s model: bench/task_difficulty.py.
-TASK_SPLITS = {"sft": (1, 4, 20000, 1), "rl": (3, 5, 2000, 2), "test": (2, 5, 500, 3),  # min/max steps, size, seed
+#   "Tom has 3 coins. First he gets 2, second loses 4, third finds 3. How many coins now?"
+#   -> "first: 3+2=5\nsecond: 5-4=1\nthird: 1+3=4" -> \boxed{4}
+# Every value stays in 0..TASK_MAX_VALUE = 0..5, so a step is one lookup in a table of 30 facts (+ or -) on the
+# previous value and an operand copied from the question; difficulty = number of steps. Why this shape: a 4-layer
+# d=128 model learns no two-digit arithmetic in minutes on 2 cores; without the ordinal markers it did not learn,
+# in 1000-1600 steps, to find the k-th operand of a question ("second" in both the question and the trace turns
+# that into a copy by content); with values 0..9 (110 facts) 2000 SFT steps stayed near chance, and with 0..5 it
+# learns to copy operands only after ~2000 steps (experiments/results/sft_start.md: 4000 steps). SFT split: 1-5
+# steps; RL split: 3-5 steps; test and val: 2-5. No system prompt: prompts stay ~35 tokens and SFT teaches the
+# format. Measured on `python sft.py`'s model: bench/task_difficulty.py.
+TASK_SPLITS = {"sft": (1, 5, 80000, 1), "rl": (3, 5, 2000, 2), "test": (2, 5, 500, 3),  # min/max steps, size, seed
                "val": (2, 5, 500, 4)}  # drawn like test, own seed: every setting is chosen on val or rl, never test
 TASK_NAMES = {"Tom": "He", "Sam": "He", "Leo": "He", "Ann": "She", "Mia": "She", "Eva": "She"}
 TASK_THINGS = ("coins", "apples", "cards", "pens", "shells", "books")
@@ -213,8 +214,9 @@ TASK_VERBS = {"+": ("gets", "finds"), "-": ("loses", "gives")}
 TASK_ORDINALS = ("first", "second", "third", "fourth", "fifth")
 TASK_MODEL = dict(d_model=128, n_layers=4, n_heads=4, n_kv_heads=4, mlp_hidden_size=384, rope_theta=10000.0,
                   max_sequence_length=128)  # plus the ids and vocab size from the task tokenizer
-TASK_MAX_VALUE = 9  # every value of a chain stays in 0..TASK_MAX_VALUE (read at call time, like TASK_SPLITS)
-TASK_SAMPLING = dict(gen_length=56, block_length=8, steps=56, temperature=1.2)  # paper T; a response is <= 53 tokens
+TASK_MAX_VALUE = 5  # every value of a chain stays in 0..TASK_MAX_VALUE (read at call time, like TASK_SPLITS)
+TASK_SAMPLING = dict(gen_length=56, block_length=8, steps=28, temperature=1.2)  # paper: T 1.2, 2 tokens per step; a
+# response is <= 53 tokens
 TASK_HINT_RESERVE = 8  # inpaint.build_hints(reserve=...): the window's last 8 slots stay free for the answer
 
 

@@ -38,7 +38,7 @@ seeded by (seed, step or batch, row) through launch.seed, so the step alone rest
 state is saved. Checkpoints fall between rollout batches (save_every is a multiple of mu), so the batch in flight
 is never needed; SIGTERM ends the current rollout batch (its remaining steps reuse rollouts already paid for), saves,
 and exits 0. The reference is reloaded from --model, whose fingerprint must match the checkpoint's.
-Launch:  python igpo.py                                    # embedded task, tiny LLaDA, 2 CPU cores, ~15 min
+Launch:  python igpo.py                                    # embedded task, tiny LLaDA, 2 CPU cores, ~10 min
          torchrun --nproc_per_node=8 igpo.py --preset paper --model PATH_TO_SFT_CHECKPOINT
          python igpo.py --inpaint off                      # GRPO baseline;  --eta 0,0: sample-matched baseline
 Shapes: B rollouts on this rank (= prompts x G), G group, P prompt length, L gen_length, V vocab.
@@ -124,14 +124,15 @@ class Config:
     dist_timeout: int = 1800           # seconds a collective may wait (a dead or hung rank) before every rank fails
 
 
-# `python igpo.py` = the embedded task on a CPU; `--preset paper` = the paper's run.
-TASK_DEFAULT_MODEL = "checkpoints/task-sft"  # made by `python sft.py` when missing (and only this path)
+# `python igpo.py` = the embedded task on a CPU (lr chosen on val: experiments/rl_settings.py); `--preset paper` =
+# the paper's run.
+TASK_DEFAULT_MODEL = "checkpoints/task-sft"  # committed; `python sft.py` makes it when missing (only this path)
 PRESETS = {
     "task": dict(model=TASK_DEFAULT_MODEL, data="task", out_dir="runs/igpo-task", steps=40, prompts_per_step=16,
                  micro_batch=128, gen_length=data.TASK_SAMPLING["gen_length"], mu=2,
                  block_length=data.TASK_SAMPLING["block_length"], diffusion_steps=data.TASK_SAMPLING["steps"],
                  temperature=data.TASK_SAMPLING["temperature"], chunk=(2, 4), reserve=data.TASK_HINT_RESERVE,
-                 lr=1e-4, warmup=5, grad_clip=1.0, grad_ckpt=False, save_every=40, eval_every=0,
+                 lr=3e-4, warmup=5, grad_clip=1.0, grad_ckpt=False, save_every=40, eval_every=0,
                  eval_limit=500, ratio="token", lora_rank=0, seed=0),
     "paper": dict(),
 }

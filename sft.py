@@ -16,7 +16,7 @@ Deviations (paper/LLaDA = P, d1's SFT code = D):
     micro-batch), so a row is the sampler's canvas; P right-pads whole rows and uses no attention mask. RoPE is
     relative, so a left-padded row equals its unpadded row up to rounding.
  4. Full fine-tuning under FSDP2 (D: LoRA r=128 on q/k/v). Values IGPO does not state are LLaDA's SFT ones.
-Launch:  python sft.py                     # embedded task: a tiny LLaDA from scratch on CPU (~5 min on 2 cores)
+Launch:  python sft.py                     # embedded task: tiny LLaDA from scratch (checkpoints/task-sft, ~33 min, 1 thread)
          torchrun --nproc_per_node=8 sft.py --preset paper --data runs/concise.jsonl
          python sft.py --preset paper --data math --rewrite_model PATH --rewrite_out runs/concise.jsonl
 Shapes: B batch, L padded length (P prompt + R response), V vocab.
@@ -79,7 +79,7 @@ class Config:
 # The no-flag run: a 0.9M-param LLaDA from scratch on the embedded task (data.py); rows = the RL sampler's canvas.
 PRESETS = {"task": dict(data="task", model="scratch", out_dir="checkpoints/task-sft",
                         max_len=data.TASK_SAMPLING["gen_length"], resp_len=data.TASK_SAMPLING["gen_length"],
-                        steps=1000, global_batch=64, micro_batch=64, lr=2e-3, warmup=50, min_lr_ratio=0.05,
+                        steps=4000, global_batch=64, micro_batch=64, lr=2e-3, warmup=50, min_lr_ratio=0.05,
                         weight_decay=0.0, grad_ckpt=False, log_every=50, save_every=1000),
            "paper": {}}
 

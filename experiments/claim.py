@@ -16,6 +16,7 @@ experiment-only dependency: `pip install matplotlib`). The command and its wall 
 
 Run:  python experiments/claim.py                      # 5 arms x 3 seeds, 2 runs at a time (1 thread each)
       python experiments/claim.py --quick              # 1 seed, 1 rollout batch, 20 test problems: structure only
+      python experiments/claim.py --report             # the table and plot again from claim.json
 """
 import argparse
 import json
@@ -29,6 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import data  # noqa: E402
+import eval as E  # noqa: E402
+import model as M  # noqa: E402
 
 ARMS = {"grpo": ["--inpaint", "off"], "sample_matched": ["--eta", "0,0"], "igpo": [],
         "igpo_full_hints": ["--eta", "1,1"], "igpo_no_filter": ["--tau", "1"]}
@@ -64,6 +67,14 @@ def accuracy_by_chain_length(path):
     return {k: sum(v) / len(v) for k, v in sorted(hits.items())}
 
 
+def start_row(args):
+    """Greedy test accuracy of the shared SFT init (eval.py's protocol, as igpo.py evaluates): the row to beat."""
+    m, tok = M.load(os.path.join(ROOT, args.model))
+    path = os.path.join(args.runs, "sft_start", "eval.jsonl")
+    res = E.evaluate_fresh(m, tok, "task", 20 if args.quick else 500, path, batch_size=128)
+    return dict(test=res["accuracy"], ci95=res["ci95"], by_len=accuracy_by_chain_length(path))
+
+
 def run_stats(res):
     """The numbers one run contributes to the table."""
     batches = [r for r in res["rows"] if "acc" in r]
@@ -71,7 +82,7 @@ def run_stats(res):
     out = dict(test=[r for r in res["rows"] if "eval" in r][-1]["eval"]["accuracy"],
                aw_before=statistics.mean(r["all_wrong_before"] for r in batches),
                aw_after=statistics.mean(r["all_wrong_after"] for r in batches),
-               spent=sum(r["spent"] for r in batches), acc_first=statistics.mean(r["acc"] for r in batches[:half]),
+               spent=statistics.mean(r["spent"] for r in batches), acc_first=statistics.mean(r["acc"] for r in batches[:half]),
                acc_last=statistics.mean(r["acc"] for r in batches[-half:]))
     out.update({f"len{k}": v for k, v in res["by_len"].items()})
     return out
@@ -81,12 +92,14 @@ def mean_std(xs):
     return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.3f}"
 
 
-def table(results, seeds):
+def table(results, start):
     stats = {arm: [run_stats(r) for r in results if r["arm"] == arm] for arm in ARMS}
     lens = sorted(k for k in stats["grpo"][0] if k.startswith("len"))
     head = ["arm", "test acc", *[f"{k[3:]} steps" for k in lens], "all-wrong before", "all-wrong after",
             "rollouts / prompt-rollout", "on-policy acc 1st half", "2nd half"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+             f"| SFT start (95% CI {start['ci95'][0]:.3f}-{start['ci95'][1]:.3f}) | {start['test']:.3f} | "
+             + " | ".join(f"{start['by_len'].get(int(k[3:]), 0):.3f}" for k in lens) + " | | | | | |"]
     for arm, st in stats.items():
         cols = ["test", *lens, "aw_before", "aw_after", "spent", "acc_first", "acc_last"]
         lines.append(f"| {arm} | " + " | ".join(mean_std([s[c] for s in st]) for c in cols) + " |")
@@ -124,30 +137,46 @@ def main():
     p.add_argument("--parallel", type=int, default=2, help="runs at once (1 thread each)")
     p.add_argument("--quick", action="store_true", help="1 seed, 1 rollout batch, 20 test problems (CI)")
     p.add_argument("--out", default="experiments/results")
+    p.add_argument("--report", action="store_true", help="rewrite claim.md/.png from claim.json (no runs)")
     p.add_argument("--runs", default="runs/claim", help="where each run's metrics and evaluation rows go")
     args, extra = p.parse_known_args()
     args.extra = [a for a in extra if a != "--"]
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
+    if args.report:
+        return write(args, json.load(open(os.path.join(args.out, "claim.json"))))
     t0 = time.time()
+    start = start_row(args)
+    print(f"  SFT start: test {start['test']:.3f}", flush=True)
     jobs = [(arm, seed) for seed in seeds for arm in ARMS]
     with ThreadPoolExecutor(args.parallel) as pool:
         results = list(pool.map(lambda job: run(*job, args), jobs))
-    wall = time.time() - t0
-    text, stats = table(results, seeds)
-    os.makedirs(args.out, exist_ok=True)
+    write(args, dict(command="python experiments/claim.py " + " ".join(sys.argv[1:]), wall_s=time.time() - t0,
+                     seeds=seeds, start=start, results=results))
+
+
+def write(args, res):
+    """claim(-quick).md, .json and .png from the finished runs in `res` (--report: from the committed JSON)."""
     name = "claim-quick" if args.quick else "claim"
-    command = "python experiments/claim.py " + " ".join(sys.argv[1:])
+    for r in res["results"]:
+        r["by_len"] = {int(k): v for k, v in r["by_len"].items()}
+    res["start"]["by_len"] = {int(k): v for k, v in res["start"]["by_len"].items()}
+    text, res["stats"] = table(res["results"], res["start"])
+    os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, f"{name}.json"), "w") as f:
-        json.dump(dict(command=command, wall_s=wall, seeds=seeds, results=results, stats=stats), f)
-    has_plot = plot(results, os.path.join(args.out, f"{name}.png"))
+        json.dump(res, f)
+    has_plot = plot(res["results"], os.path.join(args.out, f"{name}.png"))
+    n = len(res["results"])
     with open(os.path.join(args.out, f"{name}.md"), "w") as f:
-        f.write(f"# IGPO vs baselines on the embedded task\n\n`{command}`: {len(jobs)} runs, wall {wall / 60:.1f} min "
-                f"on a 2-core CPU ({args.parallel} runs at a time, 1 thread each). Seeds {seeds}; mean ± std over "
-                f"seeds. Init: `{args.model}`. Extra igpo.py flags: {args.extra or 'none'}.\n\n{text}\n\n")
+        f.write(f"# IGPO vs baselines on the embedded task\n\n`{res['command']}`: {n} runs, wall "
+                f"{res['wall_s'] / 60:.1f} min on a 2-core CPU ({args.parallel} runs at a time, 1 thread each). Seeds "
+                f"{res['seeds']}; mean ± std over seeds. Init: `{args.model}`. Extra igpo.py flags: "
+                f"{args.extra or 'none'}. Test accuracy: greedy pass@1 on the 500 test problems after the last step; "
+                f"rollouts / prompt-rollout: rollouts sampled (inpainted or re-sampled included) per on-policy "
+                f"rollout, mean over batches.\n\n{text}\n\n")
         if has_plot:
             f.write(f"![accuracy and all-wrong share per step]({name}.png)\n")
     print(text)
-    print(f"wall {wall / 60:.1f} min -> {args.out}/{name}.md")
+    print(f"wall {res['wall_s'] / 60:.1f} min -> {args.out}/{name}.md")
 
 
 if __name__ == "__main__":

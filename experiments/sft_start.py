@@ -39,6 +39,10 @@ CONFIGS = {
                  ["--steps", "4000"]),
     "max5-mix15": ("values 0..5 instead of 0..9 (a lookup table of 30 facts, not 110), SFT chains 1-5, 1000 steps",
                    (1, 5, 20000, 1), [], dict(TASK_MAX_VALUE=5)),
+    "max5-mix15-4k": ("max5-mix15 given 4000 steps (at 1000 it had not learned to copy operands: '3-1=0' for "
+                      "'has 1 ... loses 1')", (1, 5, 20000, 1), ["--steps", "4000"], dict(TASK_MAX_VALUE=5)),
+    "max5-mix15-4k-80k": ("max5-mix15-4k on 80,000 SFT samples instead of 20,000 (3 epochs, not 13)",
+                          (1, 5, 80000, 1), ["--steps", "4000"], dict(TASK_MAX_VALUE=5)),
 }
 
 

@@ -22,7 +22,7 @@ def test_help_shows_the_preset_default_and_the_papers(capsys):
     with pytest.raises(SystemExit):
         launch.parse_config(igpo.Config, igpo.PRESETS, ["--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "[default 0.0001; paper 5e-07]" in out  # --lr: the task preset's and the paper's
+    assert "[default 0.0003; paper 5e-07]" in out  # --lr: the task preset's and the paper's
     assert "[default 'token'; paper 'sequence_all']" in out
 
 

@@ -92,7 +92,7 @@ def test_overfit_eight_examples():
     torch.manual_seed(0)
     tok = data.task_tokenizer()
     items = data.task_splits()["sft"][:8]
-    cfg = sft.parse_config(["--max_len=48", "--resp_len=48"])  # the longest SFT response (4 steps) is 45 tokens
+    cfg = sft.parse_config(["--max_len=56", "--resp_len=56"])  # the longest SFT response (5 steps) is <= 53 tokens
     pairs = sft.tokenize_pairs(items, tok, cfg, log=lambda *a: None)
     mc = model.ModelConfig(d_model=64, n_layers=2, n_heads=4, n_kv_heads=4, mlp_hidden_size=192, vocab_size=len(tok),
                            embedding_size=len(tok), mask_token_id=tok.mask_token_id, eos_token_id=tok.eos_token_id,
@@ -110,7 +110,7 @@ def test_overfit_eight_examples():
     assert sum(losses[-20:]) / 20 < 0.05
     m.eval()
     prompts, attn = model.encode_chat(tok, [data.task_messages(it["question"]) for it in items])
-    out = sample.generate(m, prompts, attention_mask=attn, gen_length=48, block_length=48, steps=48)
+    out = sample.generate(m, prompts, attention_mask=attn, gen_length=56, block_length=56, steps=56)
     for it, row in zip(items, out[:, prompts.shape[1]:]):
         assert tok.decode(row, skip_special_tokens=True) == data.format_response(it)
 
