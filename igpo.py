@@ -38,7 +38,7 @@ seeded by (seed, step or batch, row) through launch.seed, so the step alone rest
 state is saved. Checkpoints fall between rollout batches (save_every is a multiple of mu), so the batch in flight
 is never needed; SIGTERM ends the current rollout batch (its remaining steps reuse rollouts already paid for), saves,
 and exits 0. The reference is reloaded from --model, whose fingerprint must match the checkpoint's.
-Launch:  python igpo.py                                    # embedded task, tiny LLaDA, 2 CPU cores, ~10 min
+Launch:  python igpo.py                                    # embedded task, tiny LLaDA, 2 CPU cores, ~3-10 min
          torchrun --nproc_per_node=8 igpo.py --preset paper --model PATH_TO_SFT_CHECKPOINT
          python igpo.py --inpaint off                      # GRPO baseline;  --eta 0,0: sample-matched baseline
 Shapes: B rollouts on this rank (= prompts x G), G group, P prompt length, L gen_length, V vocab.

@@ -16,7 +16,7 @@ Deviations (paper/LLaDA = P, d1's SFT code = D):
     micro-batch), so a row is the sampler's canvas; P right-pads whole rows and uses no attention mask. RoPE is
     relative, so a left-padded row equals its unpadded row up to rounding.
  4. Full fine-tuning under FSDP2 (D: LoRA r=128 on q/k/v). Values IGPO does not state are LLaDA's SFT ones.
-Launch:  python sft.py                     # embedded task: tiny LLaDA from scratch (checkpoints/task-sft, ~33 min, 1 thread)
+Launch:  python sft.py                     # embedded task: tiny LLaDA from scratch (checkpoints/task-sft, ~40 min, 1 thread)
          torchrun --nproc_per_node=8 sft.py --preset paper --data runs/concise.jsonl
          python sft.py --preset paper --data math --rewrite_model PATH --rewrite_out runs/concise.jsonl
 Shapes: B batch, L padded length (P prompt + R response), V vocab.
