@@ -137,13 +137,16 @@ def main():
     p.add_argument("--parallel", type=int, default=2, help="runs at once (1 thread each)")
     p.add_argument("--quick", action="store_true", help="1 seed, 1 rollout batch, 20 test problems (CI)")
     p.add_argument("--out", default="experiments/results")
-    p.add_argument("--report", action="store_true", help="rewrite claim.md/.png from claim.json (no runs)")
+    p.add_argument("--report", action="store_true", help="rewrite claim.md/.png from claim.json (no runs; with --quick: the claim-quick files)")
     p.add_argument("--runs", default="runs/claim", help="where each run's metrics and evaluation rows go")
     args, extra = p.parse_known_args()
     args.extra = [a for a in extra if a != "--"]
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
-    if args.report:
-        return write(args, json.load(open(os.path.join(args.out, "claim.json"))))
+    if args.report:  # JSON turned the chain-length keys into strings
+        res = json.load(open(os.path.join(args.out, "claim-quick.json" if args.quick else "claim.json")))
+        for d in [res["start"], *res["results"]]:
+            d["by_len"] = {int(k): v for k, v in d["by_len"].items()}
+        return write(args, res)
     t0 = time.time()
     start = start_row(args)
     print(f"  SFT start: test {start['test']:.3f}", flush=True)
@@ -157,9 +160,6 @@ def main():
 def write(args, res):
     """claim(-quick).md, .json and .png from the finished runs in `res` (--report: from the committed JSON)."""
     name = "claim-quick" if args.quick else "claim"
-    for r in res["results"]:
-        r["by_len"] = {int(k): v for k, v in r["by_len"].items()}
-    res["start"]["by_len"] = {int(k): v for k, v in res["start"]["by_len"].items()}
     text, res["stats"] = table(res["results"], res["start"])
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, f"{name}.json"), "w") as f:

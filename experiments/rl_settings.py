@@ -52,15 +52,15 @@ def val_greedy(ckpt, n=500):
 def costs(rows):
     """(mean clip fraction, s per optimizer step, s of it in log-probs + update) from a run's metrics rows: a
     step's update plus half (mu = 2) of its rollout batch's rollout, inpainting and old-log-prob time."""
-    batch, ups = {}, [x for x in rows if "t_update" in x]
+    batch, clip, step, learn = {}, [], [], []
     for x in rows:
         batch = x if "t_rollout" in x else batch
-        x["_batch"] = (batch.get("t_rollout", 0) + batch.get("t_inpaint", 0), batch.get("t_logp", 0))
-    step = statistics.mean(x["t_update"] + sum(x["_batch"]) / 2 for x in ups)
-    learn = statistics.mean(x["t_update"] + x["_batch"][1] / 2 for x in ups)
-    for x in rows:
-        del x["_batch"]
-    return statistics.mean(x.get("clip_frac", 0) for x in ups), step, learn
+        if "t_update" in x:
+            logp = batch.get("t_logp", 0)
+            clip.append(x.get("clip_frac", 0))
+            step.append(x["t_update"] + (batch.get("t_rollout", 0) + batch.get("t_inpaint", 0) + logp) / 2)
+            learn.append(x["t_update"] + logp / 2)
+    return statistics.mean(clip), statistics.mean(step), statistics.mean(learn)
 
 
 def run(name, args):

@@ -24,6 +24,9 @@ def test_claim_quick_writes_a_row_per_arm(tmp_path):
     res = json.load(open(tmp_path / "out" / "claim-quick.json"))
     assert len(res["results"]) == 5 and all(any("eval" in row for row in run["rows"]) for run in res["results"])
     assert 0 <= res["start"]["test"] <= 1 and res["start"]["by_len"]
+    r = subprocess.run(cmd[:3] + ["--report"] + cmd[3:], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert open(tmp_path / "out" / "claim-quick.md").read() == md  # --report rebuilds the same table from the JSON
     grpo = res["stats"]["grpo"][0]
     assert grpo["spent"] == 1.0  # GRPO samples exactly one rollout per on-policy rollout
     assert all(0 <= grpo[k] <= 1 for k in grpo if k.startswith("len") or k in ("test", "aw_before", "aw_after"))
