@@ -10,6 +10,7 @@ runs are reproducible, resume exactly, and do not depend on the world size or th
 """
 import argparse
 import datetime
+import faulthandler
 import functools
 import glob
 import hashlib
@@ -82,7 +83,10 @@ def parse_config(cls, presets, argv=None, doc=""):
 
 def setup_dist(timeout_s=1800):
     """(rank, world, device). Without torchrun: rank 0 of 1, no process group. A collective that waits longer than
-    timeout_s (a rank died or hangs) raises, so every rank exits instead of hanging until the job's wall limit."""
+    timeout_s (a rank died or hangs) raises, so every rank exits instead of hanging until the job's wall limit.
+    A crash in native code (SIGSEGV, SIGABRT, ...) prints every thread's Python stack to stderr (faulthandler)."""
+    if not faulthandler.is_enabled():  # (pytest has its own)
+        faulthandler.enable()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))

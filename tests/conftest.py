@@ -38,6 +38,15 @@ def build_tiny_tokenizer(vocab_size=128):
                                    pad_token="<|endoftext|>", mask_token="<|mdm_mask|>", chat_template=LLADA_TEMPLATE)
 
 
+def failure_log(text, n=3000):
+    """What a failed subprocess printed, for an assert message: the first native-crash report (faulthandler's
+    "Fatal Python error" and the Python stack under it; launch.setup_dist turns it on) and the last n characters.
+    A crashed rank's stack comes before the other ranks' and torchrun's reports, so a plain tail would miss it."""
+    at = text.find("Fatal Python error")
+    crash = text[at:at + n] + "\n...\n" if 0 <= at < len(text) - n else ""
+    return crash + text[-n:]
+
+
 @pytest.fixture
 def tiny_model():
     torch.manual_seed(0)

@@ -20,6 +20,7 @@ import igpo
 import launch
 import model as M
 import sft
+from conftest import failure_log
 from test_igpo import task_ckpt  # noqa: F401  (the tiny task checkpoint fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,7 +52,7 @@ def _run(cmd, log, progress=None, at=None, sig=None, timeout=240):
         p = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=f, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout
     while sig is not None and progress() < at:
-        assert p.poll() is None, f"finished before step {at}: " + open(log).read()[-3000:]
+        assert p.poll() is None, f"finished before step {at}: " + failure_log(open(log).read())
         assert time.monotonic() < deadline, "no progress"
         time.sleep(0.01)
     for pid in _tree(p.pid) if sig is not None else []:
@@ -88,7 +89,7 @@ def igpo_runs(task_ckpt, tmp_path_factory):
     def get(world):
         if world not in done:
             done[world] = str(root / f"w{world}")
-            assert _igpo(task_ckpt, done[world], world) == 0, open(done[world] + ".log").read()[-3000:]
+            assert _igpo(task_ckpt, done[world], world) == 0, failure_log(open(done[world] + ".log").read())
         return done[world]
     return get
 
@@ -102,7 +103,7 @@ def test_igpo_sigkill_at_a_random_step_then_resume_is_exact(task_ckpt, igpo_runs
     at = random.Random(f"igpo-kill-{world}").randint(2, 9)  # the step after which the run is killed
     assert _igpo(task_ckpt, out, world, at=at, sig=signal.SIGKILL) == -signal.SIGKILL
     killed_at = len(_rows(out))
-    assert _igpo(task_ckpt, out, world, "--resume", "on") == 0, open(out + ".log").read()[-3000:]
+    assert _igpo(task_ckpt, out, world, "--resume", "on") == 0, failure_log(open(out + ".log").read())
     log = open(out + ".log").read()
     resumed = int(log.split("at step ")[1].split()[0]) if "resumed from" in log else 0
     assert resumed <= killed_at and resumed % 4 == 0  # the latest complete checkpoint; the rest is recomputed
@@ -148,7 +149,7 @@ def sft_runs(tmp_path_factory):
     def get(world):
         if world not in done:
             done[world] = str(root / f"w{world}")
-            assert _sft(done[world], world) == 0, open(done[world] + ".log").read()[-3000:]
+            assert _sft(done[world], world) == 0, failure_log(open(done[world] + ".log").read())
         return done[world]
     return get
 
@@ -158,7 +159,7 @@ def test_sft_sigkill_at_a_random_step_then_resume_is_exact(sft_runs, tmp_path, w
     ref, out = sft_runs(world), str(tmp_path / "cut")
     at = random.Random(f"sft-kill-{world}").randint(3, 12)
     assert _sft(out, world, at=at, sig=signal.SIGKILL) == -signal.SIGKILL
-    assert _sft(out, world, "--resume=on") == 0, open(out + ".log").read()[-3000:]
+    assert _sft(out, world, "--resume=on") == 0, failure_log(open(out + ".log").read())
     resumed = int(open(out + ".log").read().split("at step ")[1].split()[0])
     assert resumed % 4 == 0 and resumed <= at + 4
     assert _same_params(ref, out)
@@ -347,6 +348,16 @@ def test_a_failing_or_hung_rank_ends_every_rank_non_zero(task_ckpt, tmp_path, fa
         procs[1].kill()
     assert procs[1].wait(timeout=60) != 0
     assert "injected" in procs[1].stdout.read()
+
+
+def test_a_native_crash_prints_the_python_stack():
+    """A segfault after launch.setup_dist (as a rank that dies inside a collective) leaves a Python traceback in
+    the log, not only torchrun's 'Signal 11'. PYTHONFAULTHANDLER is cleared, so the stack comes from setup_dist."""
+    env = {k: v for k, v in ENV.items() if k != "PYTHONFAULTHANDLER"}
+    code = "import ctypes, launch\nlaunch.setup_dist()\nctypes.string_at(0)  # reads address 0\n"
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == -signal.SIGSEGV
+    assert "Fatal Python error: Segmentation fault" in p.stderr and 'File "<string>", line 3' in p.stderr
 
 
 # ----------------------------------------------------------------------------------------- rewards fuzz

@@ -13,7 +13,7 @@ import data
 import igpo
 import launch
 import model as M
-from conftest import save_tiny_task_model
+from conftest import failure_log, save_tiny_task_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LN = math.log
@@ -216,16 +216,16 @@ def test_smoke_and_two_processes_match_one(task_ckpt, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ref = subprocess.run([sys.executable, "igpo.py", *args, "--beta", "0.01", "--steps", "2", "--out_dir",
                           str(tmp_path / "ref")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert ref.returncode == 0, ref.stderr[-3000:]
+    assert ref.returncode == 0, failure_log(ref.stderr)
     one = subprocess.run([sys.executable, "igpo.py", *args, "--out_dir", str(tmp_path / "one")], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stderr[-3000:]
+    assert one.returncode == 0, failure_log(one.stderr)
     rows = [json.loads(line) for line in open(tmp_path / "one" / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [1, 2] and "all_wrong_before" in rows[0] and math.isfinite(rows[1]["loss"])
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
                           "igpo.py", *args, "--out_dir", str(tmp_path / "two")], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.returncode == 0, failure_log(two.stderr)
     p1, p2, p0 = _read_params(tmp_path / "one" / "step-2"), _read_params(tmp_path / "two" / "step-2"), _read_params(task_ckpt)
     assert any(not torch.equal(p1[k], p0[k]) for k in p0)  # the policy moved
     for k in p1:
