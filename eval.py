@@ -274,3 +274,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+    launch.exit_worker()

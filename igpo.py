@@ -668,3 +668,4 @@ def timed(times, name):
 
 if __name__ == "__main__":
     train(launch.parse_config(Config, PRESETS, doc=__doc__))
+    launch.exit_worker()

@@ -304,3 +304,4 @@ def rewrite(cfg):
 if __name__ == "__main__":
     config = parse_config()
     rewrite(config) if config.rewrite_model else train(config)
+    launch.exit_worker()

@@ -360,6 +360,18 @@ def test_a_native_crash_prints_the_python_stack():
     assert "Fatal Python error: Segmentation fault" in p.stderr and 'File "<string>", line 3' in p.stderr
 
 
+@pytest.mark.parametrize("world", ["1", "2"])
+def test_exit_worker_skips_finalization_only_under_torchrun(world):
+    """Under torchrun (WORLD_SIZE > 1) a finished script leaves with exit code 0, its printed output intact, and no
+    interpreter finalization (an atexit handler never runs); a plain process exits normally."""
+    code = ("import atexit, launch\natexit.register(lambda: print('finalized'))\nprint('done', end='')\n"
+            "launch.exit_worker()\nprint(' after')\n")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**ENV, "WORLD_SIZE": world}, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == ("done" if world == "2" else "done after\nfinalized\n")
+
+
 # ----------------------------------------------------------------------------------------- rewards fuzz
 
 @pytest.mark.parametrize("launcher", ["python", "torchrun"])
