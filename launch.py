@@ -99,7 +99,7 @@ def setup_dist(timeout_s=1800):
 def exit_worker():
     """The last line of a script run under torchrun (WORLD_SIZE > 1), after train() destroyed the process group:
     flush and leave with os._exit(0), skipping interpreter finalization. Finalizing with gloo's C++ threads alive can
-    abort in one of them (std::terminate, SIGABRT; seen here once in ~270 two-process CPU runs, after the final save
+    abort in one of them (std::terminate, SIGABRT; seen here once in 280 two-process CPU runs, after the final save
     and the last log line), and torchrun then reports a finished job as failed. Without torchrun: returns."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         sys.stdout.flush()

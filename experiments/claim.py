@@ -43,8 +43,8 @@ ARMS = {"grpo": ["--inpaint", "off"], "sample_matched": ["--eta", "0,0"], "igpo"
 
 def run(arm, seed, args):
     """One igpo.py run of `arm` with `seed`; returns its metrics rows (rollout batches, updates, evaluations)."""
-    out = os.path.join(args.runs, f"{arm}-seed{seed}")
     flags = run_flags(arm, seed, args)
+    out = flags[flags.index("--out_dir") + 1]
     if os.path.exists(os.path.join(out, "metrics.jsonl")):
         os.remove(os.path.join(out, "metrics.jsonl"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -215,7 +215,7 @@ def write(args, res):
     with open(os.path.join(args.out, f"{name}.json"), "w") as f:
         json.dump(res, f)
     has_plot = plot(res["results"], os.path.join(args.out, f"{name}.png"))
-    n, hist = len(res["results"]), res.get("history", [])
+    n, hist = len(res["results"]), res["history"]  # load() and main() always set it
     parts = "" if len(hist) < 2 else " (" + "; ".join(f"`{h['command']}`: {h['runs']} runs, {h['wall_s'] / 60:.1f} min"
                                                       for h in hist) + ")"
     with open(os.path.join(args.out, f"{name}.md"), "w") as f:
