@@ -178,8 +178,8 @@ def load_split(name: str, split: str = "test", source: str | None = None) -> lis
 def rl_prompts(name: str, limit: int = 0):
     """(items, chat-message builder) of igpo.py's training prompts: the task's RL split or a benchmark's train
     split; the first `limit` of them when limit > 0."""
-    if name == "task":
-        items, messages = task_splits()["rl"], task_messages
+    if name.startswith("task"):  # task, or a difficulty level task-ext<share>
+        items, messages = task_level(name, "rl"), task_messages
     elif name.endswith(".jsonl"):  # question, answer; an optional solution is the reference trace
         items, messages = read_jsonl(name, ("question", "answer")), build_messages
     else:
@@ -262,6 +262,72 @@ def task_splits(splits=None, max_value=None):
             items.append(dict(id=f"task-{split}-{len(items)}", question=q, answer=a, solution=sol))
         out[split], held_out = items, held_out | mine
     return out
+
+
+# Difficulty levels (experiments/claim.py --level): `task-ext<s>` (e.g. task-ext0.5) replaces a share s of the RL
+# prompts with problems whose chains reach values above TASK_MAX_VALUE, up to TASK_EXT_MAX: numbers SFT never saw,
+# so the start rarely solves them and most of their groups are all wrong (the regime IGPO is for). A level's test
+# set holds the same share, drawn by the same rule on the problem (never by the model's failures), with the RL
+# split's chain lengths, from chains outside the level's RL prompts (a chain may repeat with other wording: nearly
+# every short in-range chain is taken by the held-out splits). `task-ext0` trains on `task`'s RL split.
+TASK_EXT_MAX = 7
+TASK_EXT_RL = (3, 5, 2000, 12)  # out-of-range RL problems: min/max steps, size, seed (drawn like the RL split)
+TASK_LEVEL_TEST = 1000          # problems in a level's test set (test_seed draws it)
+
+
+def task_share(name):
+    """The out-of-range share s of a task data name: 'task' -> 0.0, 'task-ext0.5' -> 0.5; ValueError otherwise."""
+    try:
+        share = 0.0 if name == "task" else float(name.removeprefix("task-ext")) if name.startswith("task-ext") else -1
+    except ValueError:
+        share = -1
+    if not 0 <= share <= 1:
+        raise ValueError(f"{name!r}: expected task or task-ext<share in [0, 1]>")
+    return share
+
+
+def _task_draw(n, seed, lengths, out_of_range, exclude, distinct, tag):
+    """n task problems, each with a chain length drawn from `lengths` (then chains until one fits), whose values
+    exceed TASK_MAX_VALUE (out_of_range) or do not, with chains outside `exclude` (each once when `distinct`)."""
+    import random
+    rng, items, seen = random.Random(seed), [], set()
+    top = TASK_EXT_MAX if out_of_range else TASK_MAX_VALUE
+    while len(items) < n:
+        steps = rng.choice(lengths)
+        while True:
+            q, a, sol, _ = task_problem(rng, steps, top)
+            beyond = max(int(d) for d in re.findall(r"\d", sol)) > TASK_MAX_VALUE
+            if beyond == out_of_range and sol not in exclude and not (distinct and sol in seen):
+                break  # the solution text names the chain (values and operations), whatever the wording
+        seen.add(sol)
+        items.append(dict(id=f"task-{tag}-{len(items)}", question=q, answer=a, solution=sol))
+    return items
+
+
+def task_level(name, split, test_seed=100):
+    """Items of a task level (`task` or `task-ext<s>`): split 'rl' (the RL prompts: a share s out of range, the rest
+    the RL split's) or 'test' (TASK_LEVEL_TEST problems drawn with test_seed, the same share out of range, chains
+    outside the RL prompts). The RL prompts of `task-ext0` are `task`'s; eval.py's `task` is the task's test split."""
+    import random
+    share, rl = task_share(name), task_splits()["rl"]
+    if share == 0 and split == "rl":
+        return rl
+    lo, hi, size, seed = TASK_EXT_RL
+    ext_rl = _task_draw(size, seed, range(lo, hi + 1), True, set(), True, "rl-ext")
+    if split == "rl":
+        k = round(share * len(rl))
+        items = rl[:len(rl) - k] + ext_rl[:k]
+        random.Random(seed).shuffle(items) if k else None
+        return items
+    assert split == "test", split
+    k = round(share * TASK_LEVEL_TEST)
+    like = lambda items: [it["solution"].count("\n") + 1 for it in items]  # the RL prompts' chain lengths
+    items = (_task_draw(TASK_LEVEL_TEST - k, test_seed, like(rl), False, {it["solution"] for it in rl}, False,
+                        f"test{test_seed}-in")
+             + _task_draw(k, test_seed + 1, like(ext_rl), True, {it["solution"] for it in ext_rl}, False,
+                          f"test{test_seed}-ext"))
+    random.Random(test_seed).shuffle(items)
+    return items
 
 
 def task_messages(question):

@@ -39,7 +39,7 @@ import sample as S
 @dataclass
 class Config:
     model: str = "GSAI-ML/LLaDA-8B-Instruct"  # HF dir / hub id; auto = checkpoints/task-sft, else scratch (random)
-    bench: str = "gsm8k,math500,amc23"   # comma list of gsm8k | math500 | amc23 | aime24 | task (the embedded task)
+    bench: str = "gsm8k,math500,amc23"   # comma list of gsm8k | math500 | amc23 | aime24 | task | task-ext<share>
     gen_length: int = None               # new tokens; None = 256 (LLaDA protocol; or 512), task: data.TASK_SAMPLING
     block_length: int = None             # semi-autoregressive block; None = 32 (LLaDA, d1), task: data.TASK_SAMPLING
     steps: int = None                    # denoising steps; None = gen_length // 2 (d1), task: data.TASK_SAMPLING
@@ -66,20 +66,20 @@ def protocol(bench, gen_length=None, block_length=None, steps=None, temperature=
     p = dict(gen_length=256, block_length=32, steps=None, temperature=0.0, samples=1)
     if bench in ("amc23", "aime24"):
         p.update(temperature=0.1, samples=16)  # avg@16 at T = 0.1 (IGPO paper, AMC)
-    if bench == "task":
+    if bench.startswith("task"):
         p.update({k: data.TASK_SAMPLING[k] for k in ("gen_length", "block_length", "steps")})
     given = dict(gen_length=gen_length, block_length=block_length, steps=steps, temperature=temperature,
                  samples=samples)
     p.update({k: v for k, v in given.items() if v is not None})
     if p["steps"] is None or (gen_length is not None and steps is None):
         p["steps"] = p["gen_length"] // 2  # 2 tokens per step (LLaDA/d1 at 256 tokens: 128 steps)
-    p.update(remasking=remasking, prefill=data.REASONING_PREFILL if prefill and bench != "task" else "")
+    p.update(remasking=remasking, prefill=data.REASONING_PREFILL if prefill and not bench.startswith("task") else "")
     return p
 
 
 def load_items(bench, data_dir="", limit=0):
-    if bench == "task":
-        items = data.task_splits()["test"]
+    if bench.startswith("task"):  # the task's test split, or a difficulty level's test set (data.task_level)
+        items = data.task_splits()["test"] if bench == "task" else data.task_level(bench, "test")
     else:
         src = os.path.join(data_dir, data.BENCHMARKS[bench]["file"].format(split="test")) if data_dir else None
         items = data.load_split(bench, "test", source=src)
@@ -201,7 +201,7 @@ def evaluate_fresh(model, tokenizer, bench, limit, out_path, batch_size=8, seed=
             os.remove(f)
     if dist.is_initialized():
         dist.barrier()
-    msgs = data.task_messages if bench == "task" else data.build_messages
+    msgs = data.task_messages if bench.startswith("task") else data.build_messages
     return evaluate(model, tokenizer, load_items(bench, limit=limit), protocol(bench), out_path=out_path,
                     messages=msgs, batch_size=batch_size, seed=seed)
 
@@ -252,7 +252,7 @@ def main(argv=None):
         proto = protocol(bench, cfg.gen_length, cfg.block_length, cfg.steps, cfg.temperature, cfg.samples,
                          cfg.remasking, cfg.prefill)
         items = load_items(bench, cfg.data_dir, cfg.limit)
-        msgs = data.task_messages if bench == "task" else data.build_messages
+        msgs = data.task_messages if bench.startswith("task") else data.build_messages
         out_path = os.path.join(cfg.out_dir, f"{bench}.jsonl")
         check_settings(out_path + ".settings.json", dict(model=cfg.model, seed=cfg.seed, **proto), rank)
         t0 = time.time()

@@ -8,13 +8,15 @@ Hint tokens are off-policy, so only the top-τ of them by the old policy's entro
 filter). One rollout batch = `make_batch`, four phases, each a function below with the same name:
   1. roll_out           G completions per prompt, rewarded (correctness + format)
   2. rescue             all_wrong groups -> inpaint_groups (hints fixed in the sampler's canvas) -> verify ->
-                        pick_replacements -> replacement rows                     (IGPO; --inpaint off = GRPO)
+                        pick_replacements -> replacement rows          (--rescue hints | resample | off)
   3. group_advantages   A_i = r_i - mean_group(r)
   4. old_logps          old-policy log-probs and entropies, reference log-probs, for the μ iterations
 then μ optimizer steps of `update`: entropy filter (the `keep` mask) -> clipped surrogate + k3 KL (`grpo_loss`).
 With --ratio sequence_all (the official run's GSPO ratio, the paper preset) a sequence's ratio averages over all
 its positions, so tokens the filter drops still shape the ratio of the kept ones; --ratio token keeps them out.
-GRPO is `--inpaint off`; the sample-matched baseline (same number of rollouts, no hints) is `--eta 0,0`.
+One flag says what happens to an all-wrong group: `--rescue hints` (IGPO), `resample` (the sample-matched
+baseline: the same G extra rollouts, no hints) or `off` (GRPO; its advantage is the paper's and the official code's
+mean-only r - mean(r), no std division).
 
 Log-probs (d1's one-step estimator, as in the official code): the completion is fully masked, each prompt token
 is masked with probability p_mask_prompt under a per-iteration seed, and log π(y_k) is read off one forward at
@@ -40,7 +42,7 @@ is never needed; SIGTERM ends the current rollout batch (its remaining steps reu
 and exits 0. The reference is reloaded from --model, whose fingerprint must match the checkpoint's.
 Launch:  python igpo.py                                    # embedded task, tiny LLaDA, 2 CPU cores, ~3-10 min
          torchrun --nproc_per_node=8 igpo.py --preset paper --model PATH_TO_SFT_CHECKPOINT
-         python igpo.py --inpaint off                      # GRPO baseline;  --eta 0,0: sample-matched baseline
+         python igpo.py --rescue off                       # GRPO;  --rescue resample: the sample-matched baseline
 Shapes: B rollouts on this rank (= prompts x G), G group, P prompt length, L gen_length, V vocab.
 """
 import contextlib
@@ -67,7 +69,8 @@ import sft
 @dataclass
 class Config:
     model: str = "GSAI-ML/LLaDA-8B-Instruct"  # initial policy (HF dir or hub id; P starts from the SFT model)
-    data: str = "metamath"             # training prompts: metamath (O) | math (MATH train) | gsm8k | task (embedded)
+    data: str = "metamath"             # training prompts: metamath (O) | math (MATH train) | gsm8k | x.jsonl | task
+                                       # (embedded) | task-ext<share> (a difficulty level, data.task_level)
     max_prompts: int = 0               # train on the first N prompts only (0 = all; bench/overfit.py uses 16)
     out_dir: str = "runs/igpo"         # metrics.jsonl, config.json, checkpoints
     steps: int = 1000                  # optimizer steps = rollout batches x mu
@@ -80,7 +83,9 @@ class Config:
     temperature: float = 1.2           # rollout temperature (O)
     fast_threshold: float = 0.0        # fast rollouts: commit every token with confidence >= this (0 = exact, LLaDA)
     fast_cache: str = ""               # fast rollouts: "" | prefix | dual KV cache (approximate; see sample.py)
-    inpaint: bool = True               # IGPO on; off = GRPO
+    rescue: str = "hints"              # what happens to an all-wrong group: hints (IGPO: re-sampled G times with
+                                       # hints, correct ones replace wrong ones) | resample (the sample-matched
+                                       # baseline: re-sampled G times without hints) | off (GRPO: nothing)
     eta: tuple = (0.2, 0.6)            # hint ratio range, eta ~ U[lo, hi] per rollout (P, O); 0,0 = sample-matched
     chunk: tuple = (5, 10)             # hint chunk sizes in tokens, inclusive (O)
     lam: float = 0.5                   # replace at most floor(lam * G) wrong rollouts per group (P: lambda; O: 4 of 8)
@@ -114,7 +119,9 @@ class Config:
     bf16: bool = True                  # bf16 autocast on GPU; ignored on CPU
     grad_ckpt: bool = True             # activation checkpointing per block (needed at 8B)
     seed: int = 3                      # data order, rollouts, hints, mask seeds (O: 3)
-    save_every: int = 100              # optimizer steps between checkpoints (and one at the end)
+    save_every: int = 100              # optimizer steps between checkpoints (0 = none but the last)
+    save_last: str = "full"            # after the last step: full (resumable step-N: policy + optimizer) | model
+                                       # (the policy alone, HF format, in out_dir/final) | off (experiment runs)
     eval_every: int = 0                # optimizer steps between evaluations; 0 = only at the end
     eval_limit: int = 200              # test problems per evaluation; 0 = no evaluation
     eval_start: bool = True            # also evaluate the initial policy (the SFT start) before the first step
@@ -210,7 +217,8 @@ def all_wrong(correct, G):
 
 def rescue(policy, tok, items, b, cfg, first):
     """Algorithm 1's inpainting step. Every all-wrong group is re-sampled G times with hints from its reference
-    trace (inpaint.py), the new rollouts are verified, and up to ⌊λG⌋ correct ones are chosen. Returns the
+    trace (inpaint.py; --rescue resample: without hints), the new rollouts are verified, and up to ⌊λG⌋ correct
+    ones are chosen. Returns the
     replacement rows: (rows of b to overwrite (R,), completions (R, L), commit steps (R, L), correctness (R,),
     reward (R,), hint mask (R, L)). Called on every rank, also with no all-wrong group: FSDP needs every rank in every forward."""
     G = cfg.G
@@ -247,14 +255,16 @@ def inpaint_groups(policy, tok, groups, prompt_ids, prompt_attn, cfg, batch_idx,
     G, L, mask_id = cfg.G, cfg.gen_length, policy.config.mask_token_id
     hints, masks, seeds, golds = [], [], [], []
     for gi, item in groups:
-        trace, answer_start = inpaint.reference_trace(tok, data.format_response(item))
-        gen = torch.Generator().manual_seed(launch.seed(cfg.seed, "hints", batch_idx, first + gi))
-        h, hm, _ = inpaint.build_hints(trace, G, L, mask_id, gen=gen, answer_start=answer_start,
-                                       s_min=cfg.chunk[0], s_max=cfg.chunk[1], eta_low=cfg.eta[0],
-                                       eta_high=cfg.eta[1], stretch=cfg.stretch, reserve=cfg.reserve,
-                                       reveal_last=cfg.reveal_last, rechunk=cfg.rechunk)
+        h = torch.full((G, L), mask_id)  # --rescue resample: nothing revealed (the sample-matched baseline)
+        if cfg.rescue == "hints":
+            trace, answer_start = inpaint.reference_trace(tok, data.format_response(item))
+            gen = torch.Generator().manual_seed(launch.seed(cfg.seed, "hints", batch_idx, first + gi))
+            h, _, _ = inpaint.build_hints(trace, G, L, mask_id, gen=gen, answer_start=answer_start,
+                                          s_min=cfg.chunk[0], s_max=cfg.chunk[1], eta_low=cfg.eta[0],
+                                          eta_high=cfg.eta[1], stretch=cfg.stretch, reserve=cfg.reserve,
+                                          reveal_last=cfg.reveal_last, rechunk=cfg.rechunk)
         hints.append(h)
-        masks.append(hm)
+        masks.append(h != mask_id)
         seeds += [launch.seed(cfg.seed, "inpaint", batch_idx, (first + gi) * G + r) for r in range(G)]
         golds += [item["answer"]] * G
     n = len(groups) * G
@@ -391,7 +401,7 @@ def make_batch(policy, ref, tok, items, messages, cfg, batch_idx, first, device,
     with timed(times, "t_rollout"):
         b = roll_out(policy, tok, items, messages, cfg, batch_idx, first, device)           # 1
     with timed(times, "t_inpaint"):
-        if cfg.inpaint:
+        if cfg.rescue != "off":
             rows, comp, order, correct, total, hint = rescue(policy, tok, items, b, cfg, first)  # 2
             b.comp[rows], b.order[rows], b.correct[rows], b.reward[rows] = comp, order, correct, total
             b.hint[rows] = hint
@@ -508,6 +518,8 @@ def check_config(cfg, world):
                                   f"between rollout batches)"),
         (cfg.gen_length % cfg.block_length, f"--gen_length {cfg.gen_length} not a multiple of --block_length"),
         (cfg.diffusion_steps % blocks, f"--diffusion_steps {cfg.diffusion_steps} not divisible by {blocks} blocks"),
+        (cfg.rescue not in ("hints", "resample", "off"), "--rescue: hints | resample | off"),
+        (cfg.save_last not in ("full", "model", "off"), "--save_last: full | model | off"),
         (cfg.ratio not in ("token", "sequence", "sequence_all"), "--ratio: token | sequence | sequence_all"),
         (cfg.logp not in ("d1", "trajectory") or cfg.logp_group < 1, "--logp: d1 | trajectory; --logp_group >= 1"),
         (cfg.reward_rule not in reward.RULES, f"--reward_rule: one of {reward.RULES}")] if bad])
@@ -546,7 +558,7 @@ def train(cfg):
         start = run_eval(policy, tok, cfg, 0, metrics_f, log)
     launch.catch_sigterm()
     accs = []  # on-policy accuracy of each rollout batch, for the closing summary
-    bar = tqdm(range(state["step"], cfg.steps), disable=rank != 0, desc="igpo" if cfg.inpaint else "grpo",
+    bar = tqdm(range(state["step"], cfg.steps), disable=rank != 0, desc="grpo" if cfg.rescue == "off" else "igpo",
                initial=state["step"], total=cfg.steps)
     for step in bar:
         stats, times = {}, {}
@@ -584,8 +596,11 @@ def train(cfg):
             res = run_eval(policy, tok, cfg, step + 1, metrics_f, log)  # before the save: a resume redoes both
         stop = launch.stop_requested(device) and (step + 1) % cfg.mu == 0  # SIGTERM: at the end of the batch
         state["step"] = step + 1
-        if (step + 1) % cfg.save_every == 0 or last or stop:
+        if (cfg.save_every and (step + 1) % cfg.save_every == 0) or stop or (last and cfg.save_last == "full"):
             save(policy, opt, tok, cfg, state)
+        elif last and cfg.save_last == "model":
+            launch.save_checkpoint(policy, tok, os.path.join(cfg.out_dir, "final"),
+                                   extra_files={"igpo_config.json": asdict(cfg), "trainer_state.json": state})
         if stop:
             log(f"SIGTERM: stopped after step {step + 1}, checkpoint saved; --resume on continues from it")
             break
@@ -603,7 +618,7 @@ def run_eval(policy, tok, cfg, step, metrics_f, log):
     metrics.jsonl; per-problem rows go to out_dir/eval/step-N.jsonl."""
     policy.eval()
     path = os.path.join(cfg.out_dir, "eval", f"step-{step}.jsonl")
-    res = E.evaluate_fresh(policy, tok, "task" if cfg.data == "task" else "gsm8k", cfg.eval_limit, path,
+    res = E.evaluate_fresh(policy, tok, cfg.data if cfg.data.startswith("task") else "gsm8k", cfg.eval_limit, path,
                            batch_size=cfg.micro_batch, seed=cfg.seed)
     log(f"step {step}: test {E.fmt_acc(res)}")
     if metrics_f is not None:
@@ -639,7 +654,7 @@ def batch_stats(b, cfg):
                 all_wrong_after=(float(all_wrong(b.correct, cfg.G).sum()), groups),
                 rescued=(float(b.replaced.view(-1, cfg.G).any(1).sum()), float(wrong_before.sum())),
                 replaced=(float(b.replaced.sum()), B),
-                spent=(B + (cfg.G * float(wrong_before.sum()) if cfg.inpaint else 0.0), B),  # rollouts sampled
+                spent=(B + (cfg.G * float(wrong_before.sum()) if cfg.rescue != "off" else 0.0), B),  # rollouts sampled
                 hint_frac=(float(b.hint.sum()), float(b.lmask.sum())), comp_len=(float(b.lmask.sum()), B),
                 ent_hint=(float((ent * hint).sum()), float(hint.sum())),
                 ent_gen=(float((ent * gen).sum()), float(gen.sum())))

@@ -1,7 +1,7 @@
 """Can the RL loop overfit 16 fixed prompts? The sharpest check of the update: with fresh rollouts of the same 16
 RL prompts every round, the on-policy pass rate must climb fast; a loop that cannot do this will not learn 2,000.
 
-Runs `igpo.py` (GRPO: --inpaint off) once per log-prob estimator, same seed, same prompts, same rounds, and prints
+Runs `igpo.py` (GRPO: --rescue off) once per log-prob estimator, same seed, same prompts, same rounds, and prints
 per estimator: the on-policy accuracy by thirds of the run, the mean per-token KL to the reference, the clip
 fraction, the largest gradient norm, and the seconds per rollout batch split into rollout / old+ref log-probs /
 updates. Each arm is a separate process with one thread (arms run two at a time on a 2-core machine).
@@ -24,7 +24,7 @@ def run_arm(arm, args, extra):
     """One igpo.py run; returns its metrics rows."""
     name, _, group = arm.partition(":")
     out = os.path.join(args.out, arm.replace(":", "-g"))
-    flags = ["--model", args.model, "--max_prompts", "16", "--prompts_per_step", "16", "--inpaint", "off",
+    flags = ["--model", args.model, "--max_prompts", "16", "--prompts_per_step", "16", "--rescue", "off",
              "--steps", str(2 * args.rounds), "--mu", "2", "--lr", str(args.lr), "--beta", str(args.beta),
              "--warmup", "1", "--eval_limit", "0", "--save_every", str(10 ** 9), "--seed", str(args.seed),
              "--logp", name, "--logp_group", group or "1", "--out_dir", out, *extra]

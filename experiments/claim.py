@@ -1,98 +1,162 @@
-"""The paper's claim on the embedded task, with seeds: does IGPO beat GRPO and the sample-matched baseline?
+"""The paper's claim on the embedded task, with seeds and difficulty levels: does IGPO beat GRPO and the
+sample-matched baseline, and does its gain grow with the share of all-wrong groups?
 
-Every arm starts from the same SFT checkpoint, sees the same prompts in the same order for a given seed, and runs
-the same number of optimizer steps; only igpo.py's flags differ (one igpo.py process per run, never a copy of
-the loop):
-  grpo            --inpaint off                 GRPO
-  sample_matched  --eta 0,0                     all-wrong groups re-sampled G times without hints (same rollouts
-                                                as IGPO, the paper's size-matched baseline)
-  igpo            (the task preset)             IGPO
-  igpo_full_hints --eta 1,1                     every chunk of the reference trace revealed
-  igpo_no_filter  --tau 1                       every hint token in the loss (no entropy filter)
-Writes OUT/claim.md (per arm, mean ± std over seeds: greedy test accuracy overall and by chain length, all-wrong
-share before and after replacement, rollouts spent, on-policy accuracy; then per seed, and IGPO minus each arm
-paired by seed with a t interval), OUT/claim.json (every metrics row of
-every run) and OUT/claim.png (accuracy and all-wrong share against step, per arm; needs matplotlib, an
-experiment-only dependency: `pip install matplotlib`). The command and its wall time go into claim.md.
+Every run is one `igpo.py` process (never a copy of the loop) from the same SFT checkpoint; for a given seed every
+arm sees the same prompts in the same order and spends the same optimizer steps; only the arm's flags differ.
+An arm is one line of ARMS (name -> igpo.py flags); the tables, paired differences and plots work for any set.
+A level is a data name of the embedded task, `task-ext<s>` (data.task_level): a share s of the RL prompts, and of
+the level's own test set, holds problems whose values go beyond what SFT saw, so the start fails most of them.
+The x axis of the dose-response is the all-wrong share of the start on the level's RL prompts (never on test).
 
-Run:  python experiments/claim.py                      # 5 arms x 3 seeds, 2 runs at a time (1 thread each)
-      python experiments/claim.py --quick              # 1 seed, 1 rollout batch, 20 test problems: structure only
-      python experiments/claim.py --report             # the table and plot again from claim.json
-      python experiments/claim.py --seeds 0,1,2,3,4 --keep   # add seeds: runs already in claim.json (same arm,
-                                                       # seed and flags) and the start row are reused
+Each run trains with igpo.py's task preset (no evaluation during training, the final policy alone saved), then is
+scored greedily on the level's test set (data.TASK_LEVEL_TEST problems, drawn with --test_seed) and on the task's
+standard test split (500 problems). Paired differences are REFERENCE minus each other arm, per seed (a seed fixes
+the prompts and their order), with a Student-t 95% interval over seeds.
+
+Run:  python experiments/claim.py --level 0,0.5,1 --arms grpo,sample_matched,igpo --seeds 0,1,2,3
+      python experiments/claim.py --level 1 --arms igpo_full_hints,igpo_no_filter --seeds 0,1,2,3 --keep
+      python experiments/claim.py --test_seed 7 --keep ...   # score the finished runs on a fresh test draw
+      python experiments/claim.py --report                   # tables and plots again from OUT/claim.json
+      python experiments/claim.py --quick                    # 1 seed, 2 steps, 20 test problems: structure only
+Writes to --out (default runs/claim: scratch; the committed results are experiments/results/claim/): claim.json
+(every run's metrics rows and test scores), claim.md (a section per level), runs.tsv (one line per run and test
+seed: the per-run test accuracies), claim-<level>.png (on-policy accuracy and all-wrong share per step) and dose.png
+(REFERENCE minus each arm against the start's all-wrong share). Plots need matplotlib (experiment-only).
+--keep reuses every run of OUT/claim.json with the same level, arm, seed and igpo.py flags (seeded runs are
+deterministic) and never drops a run that is already there.
 """
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import torch  # noqa: E402
+
 import data  # noqa: E402
 import eval as E  # noqa: E402
 import model as M  # noqa: E402
 
-ARMS = {"grpo": ["--inpaint", "off"], "sample_matched": ["--eta", "0,0"], "igpo": [],
-        "igpo_full_hints": ["--eta", "1,1"], "igpo_no_filter": ["--tau", "1"]}
+ARMS = {  # name -> igpo.py flags on top of the task preset; adding an arm is one line
+    "grpo": ["--rescue", "off"],                     # GRPO: all-wrong groups are left as they are
+    "sample_matched": ["--rescue", "resample"],      # all-wrong groups re-sampled G times without hints
+    "igpo": ["--rescue", "hints"],                   # IGPO (the task preset)
+    "igpo_full_hints": ["--eta", "1,1"],             # every chunk of the reference trace revealed
+    "igpo_no_filter": ["--tau", "1"],                # every hint token in the loss (no entropy filter)
+    "igpo_prefix_cache": ["--fast_cache", "prefix"],  # rollouts with Fast-dLLM's prefix KV cache
+    "igpo_dual_cache": ["--fast_cache", "dual"],     # rollouts with the dual (prefix + suffix) KV cache
+}
+RANGE_NAMES = {"in": "level test: values 0..5", "out": "level test: values beyond 5"}
+REFERENCE = "igpo"  # paired differences: REFERENCE minus every other arm (the first arm if REFERENCE is absent)
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+# two-sided 95% quantiles of Student's t by degrees of freedom (the normal's 1.96 beyond 10)
 
 
-def run(arm, seed, args):
-    """One igpo.py run of `arm` with `seed`; returns its metrics rows (rollout batches, updates, evaluations)."""
-    flags = run_flags(arm, seed, args)
+def level_name(level):
+    return f"task-ext{level}"
+
+
+# ------------------------------------------------------------------------------------------------ the runs
+
+def run_flags(level, arm, seed, args):
+    """igpo.py's flags for one run (the same flags mean the same run: seeded runs are deterministic)."""
+    flags = ["--model", args.model, "--data", level_name(level), "--seed", str(seed), "--out_dir",
+             os.path.join(args.runs, level_name(level), f"{arm}-seed{seed}"), "--eval_limit", "0",
+             "--save_every", "0", "--save_last", "model", *ARMS[arm], *args.extra]
+    return flags + (["--steps", "2", "--prompts_per_step", "4"] if args.quick else [])
+
+
+def finish(job, run, args):
+    """Train the run of job (level, arm, seed) unless `run` (its finished record) is given, then score its final
+    policy on the level's test set of args.test_seed (and the standard test) unless it already was."""
+    run = run or train(*job, args)
+    out = run["flags"][run["flags"].index("--out_dir") + 1]
+    if f"level@{args.test_seed}" not in run["tests"]:
+        final = os.path.join(ROOT, out, "final")
+        if not os.path.exists(os.path.join(final, "config.json")):
+            raise SystemExit(f"{final}: missing, so {job} cannot be scored on test seed {args.test_seed}")
+        run["tests"].update(score(final, job[0], args.test_seed, args, os.path.join(ROOT, out)))
+    print(f"  {level_name(job[0])} {job[1]} seed {job[2]}: level test "
+          f"{run['tests'][f'level@{args.test_seed}']['accuracy']:.3f}", flush=True)
+    return run
+
+
+def train(level, arm, seed, args):
+    """One igpo.py run; returns its record (flags and metrics rows); the final policy is in OUT_DIR/final."""
+    flags = run_flags(level, arm, seed, args)
     out = flags[flags.index("--out_dir") + 1]
     if os.path.exists(os.path.join(out, "metrics.jsonl")):
         os.remove(os.path.join(out, "metrics.jsonl"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "igpo.py", *flags], cwd=ROOT, env=env, capture_output=True, text=True)
     if r.returncode != 0:
-        raise SystemExit(f"{arm} seed {seed} failed:\n{r.stderr[-3000:]}")
+        raise SystemExit(f"{level_name(level)} {arm} seed {seed} failed:\n{r.stderr[-3000:]}")
     rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
-    final = [r for r in rows if "eval" in r][-1]["step"]
-    by_len = accuracy_by_chain_length(os.path.join(out, "eval", f"step-{final}.jsonl"))
-    print(f"  {arm} seed {seed}: test {rows[-1]['eval']['accuracy']:.3f}", flush=True)
-    return dict(arm=arm, seed=seed, flags=flags, rows=rows, by_len=by_len)
+    return dict(level=level, arm=arm, seed=seed, flags=flags, rows=rows, tests={})
 
 
-def run_flags(arm, seed, args):
-    """igpo.py's flags for one run (the same flags mean the same run: seeded runs are deterministic)."""
-    flags = ["--model", args.model, "--seed", str(seed), "--out_dir", os.path.join(args.runs, f"{arm}-seed{seed}"),
-             "--save_every", str(10 ** 9), "--eval_start", "off", *ARMS[arm], *args.extra]
-    return flags + (["--steps", "2", "--prompts_per_step", "4", "--eval_limit", "20"] if args.quick else [])
+def score(model_dir, level, test_seed, args, out_dir):
+    """Greedy accuracy of a policy on the level's test set (test seed) and the standard test split: {key: result}
+    with keys 'level@<test seed>' and 'task'; accuracy by chain length and, on the level set, in and out of range."""
+    torch.set_num_threads(1)
+    m, tok = M.load(model_dir)
+    n = 20 if args.quick else None
+    out = {}
+    for key, items in ((f"level@{test_seed}", data.task_level(level_name(level), "test", test_seed)[:n]),
+                       ("task", data.task_splits()["test"][:n])):
+        path = os.path.join(out_dir, f"eval-{key}.jsonl")
+        if os.path.exists(path):
+            os.remove(path)  # rows of an earlier run in this folder
+        res = E.evaluate(m, tok, items, E.protocol("task"), messages=data.task_messages, batch_size=128,
+                         out_path=path)
+        ok = {r["id"]: float(r["correct"]) for r in map(json.loads, open(path))}
+        res["by_len"] = group_mean(items, ok, lambda it: it["solution"].count("\n") + 1)
+        res["by_range"] = group_mean(items, ok, lambda it: "out" if "-ext-" in it["id"] else "in")
+        out[key] = {k: res[k] for k in ("accuracy", "ci95", "n_problems", "by_len", "by_range")}
+    return out
 
 
-def accuracy_by_chain_length(path):
-    """{chain length: accuracy} of one evaluation's per-problem rows (the task's test split)."""
-    steps = {it["id"]: it["solution"].count("\n") + 1 for it in data.task_splits()["test"]}
-    hits = {}
-    for line in open(path):
-        r = json.loads(line)
-        hits.setdefault(steps[r["id"]], []).append(float(r["correct"]))
-    return {k: sum(v) / len(v) for k, v in sorted(hits.items())}
+def group_mean(items, ok, key):
+    groups = {}
+    for it in items:
+        groups.setdefault(key(it), []).append(ok[it["id"]])
+    return {str(k): sum(v) / len(v) for k, v in sorted(groups.items())}
 
 
-def start_row(args):
-    """Greedy test accuracy of the shared SFT init (eval.py's protocol, as igpo.py evaluates): the row to beat."""
-    m, tok = M.load(os.path.join(ROOT, args.model))
-    path = os.path.join(args.runs, "sft_start", "eval.jsonl")
-    res = E.evaluate_fresh(m, tok, "task", 20 if args.quick else 500, path, batch_size=128)
-    return dict(test=res["accuracy"], ci95=res["ci95"], by_len=accuracy_by_chain_length(path))
+def start_row(level, args):
+    """The shared init on this level: its test scores and its all-wrong share on the level's RL prompts."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import levels
+    out_dir = os.path.join(args.runs, level_name(level), "start")
+    os.makedirs(out_dir, exist_ok=True)
+    tests = score(args.model, level, args.test_seed, args, out_dir)
+    m, tok = M.load(args.model)
+    prompts = 16 if args.quick else args.start_prompts
+    pass_rate, wrong, _ = levels.measure(m, tok, level_name(level), prompts, 0, "off", args.extra)
+    return dict(level=level, tests=tests, pass_rate=pass_rate, all_wrong=wrong / prompts, prompts=prompts)
 
 
-def run_stats(res):
-    """The numbers one run contributes to the table."""
-    batches = [r for r in res["rows"] if "acc" in r]
+# ----------------------------------------------------------------------------------------------- the tables
+
+def run_stats(run, test_seed):
+    """The numbers one run contributes to its level's table."""
+    batches = [r for r in run["rows"] if "acc" in r]
     half = max(1, len(batches) // 2)
-    out = dict(test=[r for r in res["rows"] if "eval" in r][-1]["eval"]["accuracy"],
+    lv, std = run["tests"][f"level@{test_seed}"], run["tests"]["task"]
+    out = dict(test=lv["accuracy"], std_test=std["accuracy"],
                aw_before=statistics.mean(r["all_wrong_before"] for r in batches),
                aw_after=statistics.mean(r["all_wrong_after"] for r in batches),
-               spent=statistics.mean(r["spent"] for r in batches), acc_first=statistics.mean(r["acc"] for r in batches[:half]),
+               spent=statistics.mean(r["spent"] for r in batches),
+               acc_first=statistics.mean(r["acc"] for r in batches[:half]),
                acc_last=statistics.mean(r["acc"] for r in batches[-half:]))
-    out.update({f"len{k}": v for k, v in res["by_len"].items()})
+    out.update({f"range_{k}": v for k, v in lv["by_range"].items()})
     return out
 
 
@@ -100,136 +164,223 @@ def mean_std(xs):
     return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.3f}"
 
 
-def table(results, start):
-    stats = {arm: [run_stats(r) for r in results if r["arm"] == arm] for arm in ARMS}
-    lens = sorted(k for k in stats["grpo"][0] if k.startswith("len"))
-    head = ["arm", "test acc", *[f"{k[3:]} steps" for k in lens], "all-wrong before", "all-wrong after",
-            "rollouts / prompt-rollout", "on-policy acc 1st half", "2nd half"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
-             f"| SFT start (95% CI {start['ci95'][0]:.3f}-{start['ci95'][1]:.3f}) | {start['test']:.3f} | "
-             + " | ".join(f"{start['by_len'].get(int(k[3:]), 0):.3f}" for k in lens) + " | | | | | |"]
-    for arm, st in stats.items():
-        cols = ["test", *lens, "aw_before", "aw_after", "spent", "acc_first", "acc_last"]
-        lines.append(f"| {arm} | " + " | ".join(mean_std([s[c] for s in st]) for c in cols) + " |")
-    return "\n".join(lines), stats
+def paired_interval(d):
+    """(mean, lo, hi) of paired differences d: Student-t 95% interval of the mean over seeds."""
+    if len(d) < 2:
+        return statistics.mean(d), float("nan"), float("nan")
+    half = T975.get(len(d) - 1, 1.96) * statistics.stdev(d) / math.sqrt(len(d))
+    return statistics.mean(d), statistics.mean(d) - half, statistics.mean(d) + half
 
 
-def paired(results):
-    """Test accuracy per seed and arm, and IGPO minus each other arm paired by seed (a seed fixes the prompts and
-    their order for every arm, so the difference removes the seed's share of the noise)."""
-    acc = {(r["arm"], r["seed"]): [x for x in r["rows"] if "eval" in x][-1]["eval"]["accuracy"] for r in results}
+def reference_of(arms):
+    return REFERENCE if REFERENCE in arms else arms[0]
+
+
+def level_section(level, runs, start, test_seed):
+    """One level's markdown: the table per arm (mean ± std over seeds), the per-seed accuracies and the paired
+    differences (REFERENCE minus each arm) on the level test set and on the standard test split."""
+    arms = [a for a in ARMS if any(r["arm"] == a for r in runs)] + sorted({r["arm"] for r in runs} - set(ARMS))
+    stats = {a: [run_stats(r, test_seed) for r in runs if r["arm"] == a] for a in arms}
+    ranges = sorted({k for st in stats.values() for s in st for k in s if k.startswith("range_")})
+    head = ["arm", "seeds", "level test", *[RANGE_NAMES[k[6:]] for k in ranges], "standard test",
+            "all-wrong before", "all-wrong after", "rollouts / prompt-rollout", "on-policy acc 1st half",
+            "2nd half"]
+    lv, std = start["tests"][f"level@{test_seed}"], start["tests"]["task"]
+    lines = [f"## Level {level_name(level)}\n", f"Start: all-wrong share {start['all_wrong']:.3f} on "
+             f"{start['prompts']} RL prompts (rollout pass rate {start['pass_rate']:.3f}).\n",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+             f"| SFT start | | {lv['accuracy']:.3f} | " + " | ".join(f"{lv['by_range'].get(k[6:], 0):.3f}"
+                                                               for k in ranges)
+             + f" | {std['accuracy']:.3f} | {start['all_wrong']:.3f} | | | | |"]
+    cols = ["test", *ranges, "std_test", "aw_before", "aw_after", "spent", "acc_first", "acc_last"]
+    for a, st in stats.items():
+        lines.append(f"| {a} | {len(st)} | " + " | ".join(mean_std([s.get(c, 0.0) for s in st]) for c in cols) + " |")
+    acc = {(r["arm"], r["seed"]): run_stats(r, test_seed) for r in runs}
     seeds = sorted({s for _, s in acc})
-    lines = ["| seed | " + " | ".join(ARMS) + " |", "|" + "---|" * (len(ARMS) + 1)]
-    lines += [f"| {s} | " + " | ".join(f"{acc[a, s]:.3f}" for a in ARMS) + " |" for s in seeds]
-    lines.append("\nIGPO minus each arm, paired by seed: mean ± std over seeds, the mean's 95% interval (Student t), "
-                 "and the seeds where IGPO is higher / lower:\n")
-    for arm in (a for a in ARMS if a != "igpo"):
-        d = [acc["igpo", s] - acc[arm, s] for s in seeds]
-        half = T975.get(len(d) - 1, 1.96) * statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
-        lo, hi = statistics.mean(d) - half, statistics.mean(d) + half
-        lines.append(f"- igpo − {arm}: {mean_std(d)} (95% CI {lo:+.3f} to {hi:+.3f}; {sum(x > 0 for x in d)} / "
-                     f"{sum(x < 0 for x in d)})")
+    lines += ["", "Level test accuracy per seed (standard test in parentheses):", "",
+              "| seed | " + " | ".join(arms) + " |", "|" + "---|" * (len(arms) + 1)]
+    lines += [f"| {s} | " + " | ".join(f"{acc[a, s]['test']:.3f} ({acc[a, s]['std_test']:.3f})" if (a, s) in acc
+                                       else "" for a in arms) + " |" for s in seeds]
+    ref = reference_of(arms)
+    lines += ["", f"{ref} minus each arm, paired by seed: mean, 95% interval (Student t), seeds higher / lower:", ""]
+    for a in (a for a in arms if a != ref):
+        both = [s for s in seeds if (ref, s) in acc and (a, s) in acc]
+        for key, name in (("test", "level test"), ("std_test", "standard test")):
+            d = [acc[ref, s][key] - acc[a, s][key] for s in both]
+            if d:
+                m, lo, hi = paired_interval(d)
+                lines.append(f"- {ref} − {a}, {name}: {m:+.3f} (95% CI {lo:+.3f} to {hi:+.3f}; "
+                             f"{sum(x > 0 for x in d)} / {sum(x < 0 for x in d)} of {len(d)} seeds)")
     return "\n".join(lines)
 
 
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-# two-sided 95% quantiles of Student's t by degrees of freedom (the normal's 1.96 beyond 10)
+def dose(results, starts, test_seed):
+    """(reference arm, {arm: {level: (start all-wrong share, mean, lo, hi)}}): REFERENCE minus each arm on the
+    level test set, paired by seed, per level."""
+    arms = [a for a in ARMS if any(r["arm"] == a for r in results)]
+    ref, out = reference_of(arms), {}
+    for a in (a for a in arms if a != ref):
+        out[a] = {}
+        for lv in sorted({r["level"] for r in results}, key=float):
+            acc = {(r["arm"], r["seed"]): run_stats(r, test_seed)["test"] for r in results if r["level"] == lv}
+            d = [acc[ref, s] - acc[a, s] for (arm, s) in acc if arm == ref and (a, s) in acc]
+            if d:
+                out[a][lv] = (starts[lv]["all_wrong"], *paired_interval(d))
+    return ref, out
 
 
-def plot(results, path):
+def plot(results, starts, out, test_seed):
+    """claim-<level>.png per level (mean over seeds per arm) and dose.png; False without matplotlib."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib is not installed: no plot (pip install matplotlib)")
+        print("matplotlib is not installed: no plots (pip install matplotlib)")
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for arm in ARMS:
-        runs = [r for r in results if r["arm"] == arm]
-        steps = [r["step"] for r in runs[0]["rows"] if "acc" in r]
-        for ax, key in zip(axes, ("acc", "all_wrong_before")):
-            ys = [[r[key] for r in run["rows"] if key in r] for run in runs]
-            ax.plot(steps, [statistics.mean(v) for v in zip(*ys)], label=arm)
-    for ax, title in zip(axes, ("on-policy accuracy (T = 1.2), mean over seeds", "all-wrong share before rescue")):
-        ax.set_title(title)
-        ax.set_xlabel("optimizer step")
-        ax.legend()
+    for lv in sorted({r["level"] for r in results}, key=float):
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        for arm in ARMS:
+            runs = [r for r in results if r["arm"] == arm and r["level"] == lv]
+            if not runs:
+                continue
+            steps = [r["step"] for r in runs[0]["rows"] if "acc" in r]
+            for ax, key in zip(axes, ("acc", "all_wrong_before")):
+                ys = [[r[key] for r in run["rows"] if key in r] for run in runs]
+                ax.plot(steps, [statistics.mean(v) for v in zip(*ys)], label=f"{arm} ({len(runs)} seeds)")
+        for ax, title in zip(axes, ("on-policy accuracy (T = 1.2), mean over seeds", "all-wrong share before rescue")):
+            ax.set_title(f"{level_name(lv)}: {title}")
+            ax.set_xlabel("optimizer step")
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, f"claim-{level_name(lv)}.png"), dpi=100)
+        plt.close(fig)
+    ref, curves = dose(results, starts, test_seed)
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for k, (arm, by_level) in enumerate(curves.items()):
+        pts = list(by_level.values())
+        xs = [p[0] + 0.006 * (k - (len(curves) - 1) / 2) for p in pts]  # side by side, not on top
+        ys = [p[1] for p in pts]
+        err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=4, label=f"{ref} − {arm}")
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set_xlabel("all-wrong share of the SFT start on the level's RL prompts")
+    ax.set_ylabel("level test accuracy difference (95% CI over seeds)")
+    ax.set_title(f"Where {ref} matters: paired by seed, per level")
+    if curves:
+        ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(os.path.join(out, "dose.png"), dpi=100)
+    plt.close(fig)
     return True
 
+
+def write(args, res, quiet=False):
+    """claim.md, claim.json, runs.tsv and the plots from the finished runs in `res` (the tables and plots: the
+    runs scored on res['test_seed']; the JSON: every run)."""
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "claim.json.tmp"), "w") as f:
+        json.dump(res, f)
+    os.replace(os.path.join(args.out, "claim.json.tmp"), os.path.join(args.out, "claim.json"))
+    ts = res["test_seed"]
+    every = res["results"]
+    res = dict(res, results=[r for r in every if f"level@{ts}" in r["tests"]])
+    starts = {float(k): v for k, v in res["starts"].items()}
+    with open(os.path.join(args.out, "runs.tsv"), "w") as f:
+        f.write("level\tarm\tseed\ttest\taccuracy\tn_problems\n")
+        for r in [dict(s, arm="start", seed="") for s in starts.values()] + every:
+            for key, t in sorted(r["tests"].items()):
+                f.write(f"{level_name(r['level'])}\t{r['arm']}\t{r['seed']}\t{key}\t{t['accuracy']:.4f}\t"
+                        f"{t['n_problems']}\n")
+    levels = sorted({r["level"] for r in res["results"]}, key=float)
+    has_plot = plot(res["results"], starts, args.out, ts)
+    hist = "; ".join(f"`{h['command']}`: {h['runs']} runs, {h['wall_s'] / 60:.1f} min" for h in res["history"])
+    text = [f"# IGPO vs baselines on the embedded task, by difficulty level\n\nMade by: {hist} (2-core CPU, "
+            f"{args.parallel} runs at a time, 1 thread each). Init `{res['model']}`. Test seed {ts}: level test = "
+            f"{data.TASK_LEVEL_TEST if not args.quick else 20} problems of the level's distribution drawn with it; "
+            f"standard test = the task's 500-problem test split. Greedy pass@1 after the last step; mean ± std over "
+            f"seeds. Rollouts / prompt-rollout: rollouts sampled (re-sampled included) per on-policy rollout.\n"]
+    for lv in levels:
+        text.append(level_section(lv, [r for r in res["results"] if r["level"] == lv], starts[lv], ts))
+        if has_plot:
+            text.append(f"\n![on-policy accuracy and all-wrong share per step](claim-{level_name(lv)}.png)\n")
+    ref, curves = dose(res["results"], starts, ts)
+    text.append(f"## Dose-response: {ref} minus each arm against the start's all-wrong share\n")
+    text.append("| arm | " + " | ".join(f"{level_name(lv)} (all-wrong {starts[lv]['all_wrong']:.2f})"
+                                         for lv in levels) + " |")
+    text.append("|" + "---|" * (len(levels) + 1))
+    for arm, by_level in curves.items():
+        text.append(f"| {ref} − {arm} | " + " | ".join(
+            "{1:+.3f} ({2:+.3f} to {3:+.3f})".format(*by_level[lv]) if lv in by_level else "" for lv in levels) + " |")
+    if has_plot:
+        text.append("\n![dose-response](dose.png)")
+    with open(os.path.join(args.out, "claim.md"), "w") as f:
+        f.write("\n".join(text) + "\n")
+    if not quiet:
+        print("\n".join(text))
+    print(f"-> {args.out}/claim.md ({len(res['results'])} runs)", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------- main
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="checkpoints/task-sft", help="the SFT init shared by every arm")
-    p.add_argument("--seeds", default=None, help="comma list (default 0,1,2; --quick: 0)")
+    p.add_argument("--level", default="0", help="comma list of out-of-range shares s (data name task-ext<s>)")
+    p.add_argument("--arms", default="grpo,sample_matched,igpo", help=f"comma list of {', '.join(ARMS)}")
+    p.add_argument("--seeds", default=None, help="comma list (default 0,1,2,3; --quick: 0)")
+    p.add_argument("--test_seed", type=int, default=100, help="draws each level's test set (data.task_level)")
     p.add_argument("--parallel", type=int, default=2, help="runs at once (1 thread each)")
-    p.add_argument("--quick", action="store_true", help="1 seed, 1 rollout batch, 20 test problems (CI)")
-    p.add_argument("--out", default="experiments/results")
-    p.add_argument("--report", action="store_true", help="rewrite claim.md/.png from claim.json (no runs; with --quick: the claim-quick files)")
-    p.add_argument("--runs", default="runs/claim", help="where each run's metrics and evaluation rows go")
-    p.add_argument("--keep", action="store_true", help="reuse the runs of OUT/claim.json with the same arm, seed and "
-                   "flags (and its start row); run only the others")
+    p.add_argument("--quick", action="store_true", help="1 seed, 1 rollout batch of 4 prompts, 20 test problems")
+    p.add_argument("--out", default="runs/claim", help="claim.md/.json/.png and runs.tsv (scratch by default)")
+    p.add_argument("--runs", default="runs/claim-runs", help="each run's igpo.py output and evaluation rows")
+    p.add_argument("--start_prompts", type=int, default=256, help="RL prompts for the start's all-wrong share")
+    p.add_argument("--keep", action="store_true", help="reuse the runs of OUT/claim.json with the same level, arm, "
+                   "seed and flags; run only the others (never drops a run)")
+    p.add_argument("--report", action="store_true", help="rewrite claim.md and the plots from OUT/claim.json")
     args, extra = p.parse_known_args()
     args.extra = [a for a in extra if a != "--"]
-    seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
+    unknown = set(args.arms.split(",")) - set(ARMS)
+    if unknown:
+        p.error(f"--arms: unknown {sorted(unknown)}; known: {', '.join(ARMS)}")
+    path = os.path.join(args.out, "claim.json")
+    old = json.load(open(path)) if os.path.exists(path) and (args.keep or args.report) else None
     if args.report:
-        res = load(args)
-        if not res["results"]:
-            raise SystemExit(f"--report: no claim results in {args.out}")
-        return write(args, res)
+        if old is None:
+            raise SystemExit(f"--report: no {path}")
+        return write(args, old)
     t0 = time.time()
-    old = load(args) if args.keep else dict(results=[], history=[])
-    start = old["start"] if old.get("model", args.model) == args.model and "start" in old else start_row(args)
-    print(f"  SFT start: test {start['test']:.3f}", flush=True)
-    jobs = [(arm, seed) for seed in seeds for arm in ARMS]
-    done = {(r["arm"], r["seed"]): r for r in old["results"] if r["flags"] == run_flags(r["arm"], r["seed"], args)}
+    seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2,3")).split(",")]
+    levels = [float(x) for x in args.level.split(",")]
+    levels = [int(x) if x.is_integer() else x for x in levels]  # task-ext1, not task-ext1.0
+    old = old or dict(results=[], history=[], starts={}, model=args.model, test_seed=args.test_seed)
+    if old["model"] != args.model:
+        raise SystemExit(f"{path} holds runs from {old['model']}; pass another --out for --model {args.model}")
+    starts = {float(k): v for k, v in old["starts"].items()}
+    for lv in sorted(set(levels) | {r["level"] for r in old["results"]}, key=float):
+        if float(lv) not in starts:
+            starts[float(lv)] = start_row(lv, args)
+        elif f"level@{args.test_seed}" not in starts[float(lv)]["tests"]:  # a new test seed: scores added
+            out_dir = os.path.join(args.runs, level_name(lv), "start")
+            starts[float(lv)]["tests"].update(score(args.model, lv, args.test_seed, args, out_dir))
+    jobs = [(lv, arm, seed) for lv in levels for seed in seeds for arm in args.arms.split(",")]
+    done = {(r["level"], r["arm"], r["seed"]): r for r in old["results"]
+            if r["flags"] == run_flags(r["level"], r["arm"], r["seed"], args)}
     todo = [job for job in jobs if job not in done]
-    with ThreadPoolExecutor(args.parallel) as pool:
-        new = dict(zip(todo, pool.map(lambda job: run(*job, args), todo)))
+
+    keys = jobs + [k for k in done if k not in jobs]  # finished runs not asked for: scored on the test seed too
     command = "python experiments/claim.py " + " ".join(sys.argv[1:])
-    history = old["history"] + [dict(command=command, wall_s=time.time() - t0, runs=len(todo))]
-    write(args, dict(command=command, wall_s=sum(h["wall_s"] for h in history), history=history, seeds=seeds,
-                     model=args.model, start=start, results=[new[job] if job in new else done[job] for job in jobs]))
-
-
-def load(args):
-    """The finished runs of OUT/claim(-quick).json; JSON turned the chain-length keys into strings. A file from
-    before `history` existed counts as one invocation."""
-    path = os.path.join(args.out, "claim-quick.json" if args.quick else "claim.json")
-    if not os.path.exists(path):
-        return dict(results=[], history=[])
-    res = json.load(open(path))
-    for d in [res["start"], *res["results"]]:
-        d["by_len"] = {int(k): v for k, v in d["by_len"].items()}
-    res.setdefault("history", [dict(command=res["command"], wall_s=res["wall_s"], runs=len(res["results"]))])
-    return res
-
-
-def write(args, res):
-    """claim(-quick).md, .json and .png from the finished runs in `res` (--report: from the committed JSON)."""
-    name = "claim-quick" if args.quick else "claim"
-    text, res["stats"] = table(res["results"], res["start"])
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, f"{name}.json"), "w") as f:
-        json.dump(res, f)
-    has_plot = plot(res["results"], os.path.join(args.out, f"{name}.png"))
-    n, hist = len(res["results"]), res["history"]  # load() and main() always set it
-    parts = "" if len(hist) < 2 else " (" + "; ".join(f"`{h['command']}`: {h['runs']} runs, {h['wall_s'] / 60:.1f} min"
-                                                      for h in hist) + ")"
-    with open(os.path.join(args.out, f"{name}.md"), "w") as f:
-        f.write(f"# IGPO vs baselines on the embedded task\n\n`{res['command']}`: {n} runs, wall "
-                f"{res['wall_s'] / 60:.1f} min{parts} on a 2-core CPU ({args.parallel} runs at a time, 1 thread each). Seeds "
-                f"{res['seeds']}; mean ± std over seeds. Init: `{args.model}`. Extra igpo.py flags: "
-                f"{args.extra or 'none'}. Test accuracy: greedy pass@1 on the 500 test problems after the last step; "
-                f"rollouts / prompt-rollout: rollouts sampled (inpainted or re-sampled included) per on-policy "
-                f"rollout, mean over batches.\n\n{text}\n\n{paired(res['results'])}\n\n")
-        if has_plot:
-            f.write(f"![accuracy and all-wrong share per step]({name}.png)\n")
-    print(text)
-    print(f"wall {res['wall_s'] / 60:.1f} min -> {args.out}/{name}.md")
-
+    finished = {}
+    with ProcessPoolExecutor(args.parallel, mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = {pool.submit(finish, k, done.get(k), args): k for k in keys}
+        for fut in as_completed(futures):  # the files are rewritten after every run: a stop loses nothing finished
+            finished[futures[fut]] = fut.result()
+            kept = [r for r in old["results"] if (r["level"], r["arm"], r["seed"]) not in finished]  # never dropped
+            history = old["history"] + [dict(command=command, wall_s=time.time() - t0,
+                                             runs=sum(k in finished for k in todo))]
+            write(args, dict(history=history, model=args.model, test_seed=args.test_seed, starts=starts,
+                             results=kept + [finished[k] for k in keys if k in finished]),
+                  quiet=len(finished) < len(keys))
 
 if __name__ == "__main__":
     main()

@@ -1,41 +1,62 @@
-"""experiments/claim.py --quick: every arm runs through igpo.py and lands in the results table (structure only,
-never who won)."""
+"""experiments/claim.py: levels, arms, seeds, --keep, --test_seed and --report on a tiny model (structure only,
+never who won). The arms come from claim.ARMS, plus one added by the test: the harness must not depend on a list."""
 import json
 import os
-import subprocess
 import sys
 
-from conftest import save_tiny_task_model
+import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ARMS = ("grpo", "sample_matched", "igpo", "igpo_full_hints", "igpo_no_filter")  # written out: not claim.ARMS
+from conftest import ROOT, save_tiny_task_model
+
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+import claim  # noqa: E402
+
+TINY = ["--", "--gen_length", "16", "--block_length", "8", "--diffusion_steps", "4", "--chunk", "2,3", "--reserve",
+        "2", "--G", "4", "--micro_batch", "16"]
 
 
-def test_claim_quick_writes_a_row_per_arm(tmp_path):
+def run_claim(monkeypatch, tmp_path, *flags):
+    monkeypatch.setattr(sys, "argv", ["claim.py", "--quick", "--model", str(tmp_path / "ck"), "--out",
+                                      str(tmp_path / "out"), "--runs", str(tmp_path / "runs"), *flags, *TINY])
+    claim.main()
+    return json.load(open(tmp_path / "out" / "claim.json"))
+
+
+def test_claim_levels_arms_keep_test_seed_and_report(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
     save_tiny_task_model(tmp_path / "ck")
-    cmd = [sys.executable, "experiments/claim.py", "--quick", "--model", str(tmp_path / "ck"), "--out",
-           str(tmp_path / "out"), "--runs", str(tmp_path / "runs"), "--", "--gen_length", "16", "--block_length", "8",
-           "--diffusion_steps", "4", "--chunk", "2,3", "--reserve", "2", "--G", "4", "--micro_batch", "16"]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    md = open(tmp_path / "out" / "claim-quick.md").read()
-    assert "| SFT start (95% CI " in md  # the row every arm is measured against
-    for arm in ARMS:
-        assert f"| {arm} | " in md
-    res = json.load(open(tmp_path / "out" / "claim-quick.json"))
-    assert len(res["results"]) == 5 and all(any("eval" in row for row in run["rows"]) for run in res["results"])
-    assert 0 <= res["start"]["test"] <= 1 and res["start"]["by_len"]
-    r = subprocess.run(cmd[:3] + ["--report"] + cmd[3:], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert open(tmp_path / "out" / "claim-quick.md").read() == md  # --report rebuilds the same table from the JSON
-    r = subprocess.run(cmd[:3] + ["--keep", "--seeds", "0,1"] + cmd[3:], cwd=ROOT, capture_output=True, text=True,
-                       timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    more = json.load(open(tmp_path / "out" / "claim-quick.json"))
-    assert [h["runs"] for h in more["history"]] == [5, 5]  # seed 0 reused, only seed 1 ran
-    assert [(x["arm"], x["seed"]) for x in more["results"]] == [(a, s) for s in (0, 1) for a in ARMS]
-    assert [x for x in more["results"] if x["seed"] == 0] == res["results"] and more["start"] == res["start"]
-    assert "- igpo − grpo: " in open(tmp_path / "out" / "claim-quick.md").read()  # the paired comparison
-    grpo = res["stats"]["grpo"][0]
-    assert grpo["spent"] == 1.0  # GRPO samples exactly one rollout per on-policy rollout
-    assert all(0 <= grpo[k] <= 1 for k in grpo if k.startswith("len") or k in ("test", "aw_before", "aw_after"))
+    monkeypatch.setitem(claim.ARMS, "probe", ["--lam", "0.25"])  # a forked ablation: one line in ARMS
+    arms = [claim.REFERENCE, "probe"]
+    res = run_claim(monkeypatch, tmp_path, "--level", "0,1", "--arms", ",".join(arms))
+    assert sorted((r["level"], r["arm"]) for r in res["results"]) == sorted((lv, a) for lv in (0, 1) for a in arms)
+    md = open(tmp_path / "out" / "claim.md").read()
+    for lv in ("task-ext0", "task-ext1"):
+        assert f"## Level {lv}" in md and (tmp_path / "out" / f"claim-{lv}.png").exists()
+    assert md.count("| probe | 1 | ") == 2 and f"- {claim.REFERENCE} − probe, level test: " in md
+    assert (tmp_path / "out" / "dose.png").exists() and f"| {claim.REFERENCE} − probe | " in md
+    tsv = open(tmp_path / "out" / "runs.tsv").read().splitlines()
+    assert len(tsv) == 1 + 2 * (2 + 4)  # header; per level: the start and 2 runs, each on 2 test sets
+    run = next(r for r in res["results"] if r["arm"] == "probe" and r["level"] == 1)
+    assert "--lam" in run["flags"] and "task-ext1" in run["flags"]
+    assert all(t["n_problems"] == 20 for t in run["tests"].values())
+
+    other = next(a for a in claim.ARMS if a not in arms)
+    more = run_claim(monkeypatch, tmp_path, "--level", "1", "--arms", other, "--keep", "--test_seed", "5")
+    assert [h["runs"] for h in more["history"]] == [4, 1]  # only the new arm trained; nothing dropped
+    assert len(more["results"]) == 5
+    for r in more["results"]:  # every run, old or new, scored on the new test seed; old scores kept
+        assert "level@5" in r["tests"] and (r["arm"] == other or "level@100" in r["tests"])
+    assert all("level@5" in s["tests"] and "level@100" in s["tests"] for s in more["starts"].values())
+    first = json.load(open(tmp_path / "out" / "claim.json"))
+    md = open(tmp_path / "out" / "claim.md").read()
+    monkeypatch.setattr(sys, "argv", ["claim.py", "--quick", "--report", "--out", str(tmp_path / "out")])
+    claim.main()
+    assert open(tmp_path / "out" / "claim.md").read() == md  # --report rebuilds the same tables from the JSON
+    assert json.load(open(tmp_path / "out" / "claim.json")) == first
+
+
+def test_claim_refuses_an_unknown_arm(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["claim.py", "--arms", "no_such_arm", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as e:
+        claim.main()
+    assert e.value.code == 2

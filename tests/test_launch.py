@@ -36,8 +36,8 @@ def test_bad_values_are_usage_errors(mod, capsys):
 
 
 def test_bools_tuples_and_presets():
-    cfg = launch.parse_config(igpo.Config, igpo.PRESETS, ["--inpaint", "off", "--eta", "0,0", "--post_eos", "ON"])
-    assert cfg.inpaint is False and cfg.eta == (0.0, 0.0) and cfg.post_eos is True
+    cfg = launch.parse_config(igpo.Config, igpo.PRESETS, ["--rescue", "off", "--eta", "0,0", "--post_eos", "ON"])
+    assert cfg.rescue == "off" and cfg.eta == (0.0, 0.0) and cfg.post_eos is True
     assert cfg.data == "task"  # the no-flag preset
     paper = launch.parse_config(igpo.Config, igpo.PRESETS, ["--preset", "paper"])
     assert paper == igpo.Config()

@@ -1,6 +1,8 @@
 """The embedded task (data.py): deterministic, correct traces, disjoint splits, a tokenizer on LLaDA's code path."""
 import re
 
+import pytest
+
 from transformers import AutoTokenizer
 
 import data
@@ -83,3 +85,26 @@ def test_task_max_value_bounds_every_value_and_rl_prompts_limit(monkeypatch):
     items, messages = data.rl_prompts("task", 16)
     assert items == splits["rl"][:16] and messages is data.task_messages
     assert data.rl_prompts("task")[0] == splits["rl"]
+
+
+def test_task_levels_mix_out_of_range_problems_by_a_rule_on_the_problem():
+    """task-ext<s>: a share s of the RL prompts and of the level's test set go beyond SFT's values (a rule on the
+    problem, not on a model's failures); test chains stay outside the level's RL prompts; task-ext0 trains on
+    task's RL split; a test seed draws a fresh test set of the same distribution."""
+    import re
+    top = lambda it: max(int(d) for d in re.findall(r"\d", it["solution"]))
+    assert data.task_level("task-ext0", "rl") == data.task_splits()["rl"]
+    for share in (0.25, 1):
+        rl, test = data.task_level(f"task-ext{share}", "rl"), data.task_level(f"task-ext{share}", "test")
+        assert len(rl) == len(data.task_splits()["rl"]) and len(test) == data.TASK_LEVEL_TEST
+        for items in (rl, test):
+            beyond = [top(it) > data.TASK_MAX_VALUE for it in items]
+            assert sum(beyond) == round(share * len(items))
+            assert all(top(it) <= data.TASK_EXT_MAX for it in items)
+            assert all(it["answer"] == it["solution"].split("=")[-1] for it in items)  # the chain's last value
+        assert not {it["solution"] for it in rl} & {it["solution"] for it in test}
+        fresh = data.task_level(f"task-ext{share}", "test", test_seed=7)
+        assert [it["question"] for it in fresh] != [it["question"] for it in test]
+    for bad in ("task-ext2", "task-extx", "tasks"):
+        with pytest.raises(ValueError, match="task-ext"):
+            data.task_share(bad)

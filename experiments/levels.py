@@ -1,0 +1,92 @@
+"""How hard is each difficulty level of the embedded task for the SFT start? The x axis of the dose-response.
+
+A level `task-ext<s>` (data.task_level) replaces a share s of the RL prompts with problems whose values go beyond
+what SFT saw (6..7 against 0..5). For each level this samples G rollouts per prompt from the start, exactly as
+igpo.py's first rollout batch would (igpo.roll_out: the task preset's sampler, temperature and reward rule), on
+prompts of the level's RL split (never test), and reports: the pass rate of single rollouts, the all-wrong share
+(the groups IGPO acts on), how many of those groups hinted re-sampling rescues (igpo.rescue, --rescue hints) and
+how many re-sampling without hints rescues (--rescue resample), and greedy accuracy on the level's test set.
+
+Run:  python experiments/levels.py [--levels 0,0.25,0.5,0.75,1] [--prompts 256] [--out experiments/results]
+Writes OUT/levels.md and OUT/levels.json (default OUT: runs/levels; the committed numbers are in
+experiments/results/levels.md).
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import data  # noqa: E402
+import eval as E  # noqa: E402
+import igpo  # noqa: E402
+import launch  # noqa: E402
+import model as M  # noqa: E402
+
+
+def measure(m, tok, name, n_prompts, seed, rescue, extra=()):
+    """(pass rate, all-wrong groups, rescued groups) over the first n_prompts of the level's seeded data order:
+    igpo.py's first n_prompts / prompts_per_step rollout batches under the task preset (+ extra igpo.py flags)."""
+    cfg = launch.parse_config(igpo.Config, igpo.PRESETS, ["--data", name, "--seed", str(seed), "--rescue", rescue,
+                                                          *extra])
+    items, messages = data.rl_prompts(name)
+    passed = wrong = rescued = 0
+    for k in range(n_prompts // cfg.prompts_per_step):
+        mine, first = igpo.batch_items(items, k, cfg, 0, 1)
+        b = igpo.roll_out(m, tok, mine, messages, cfg, k, first, torch.device("cpu"))
+        passed += int((b.correct > 0).sum())
+        wrong += int(igpo.all_wrong(b.correct, cfg.G).sum())
+        if rescue != "off":
+            rows, *_, correct, _, _ = igpo.rescue(m, tok, mine, b, cfg, first)
+            rescued += len(set((rows[correct > 0] // cfg.G).tolist()))
+    return passed / (n_prompts * cfg.G), wrong, rescued
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="checkpoints/task-sft", help="the SFT start")
+    p.add_argument("--levels", default="0,0.25,0.5,0.75,1", help="out-of-range shares s (data name task-ext<s>)")
+    p.add_argument("--prompts", type=int, default=256, help="RL prompts per level (a multiple of 16)")
+    p.add_argument("--seed", type=int, default=0, help="data order and sampling seed (igpo.py --seed)")
+    p.add_argument("--out", default="runs/levels", help="where levels.md/.json go")
+    args = p.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    m, tok = M.load(os.path.join(ROOT, args.model))
+    rows, t0 = [], time.time()
+    for s in args.levels.split(","):
+        name = f"task-ext{s}"
+        acc, wrong, hinted = measure(m, tok, name, args.prompts, args.seed, "hints")
+        _, wrong2, resampled = measure(m, tok, name, args.prompts, args.seed, "resample")
+        assert wrong2 == wrong  # the same on-policy rollouts: only the rescue differs
+        test = E.evaluate(m, tok, data.task_level(name, "test"), E.protocol("task"), messages=data.task_messages,
+                          batch_size=128)
+        groups = args.prompts
+        rows.append(dict(level=name, share=float(s), pass_rate=acc, all_wrong=wrong / groups, groups=groups,
+                         rescued_hints=hinted, rescued_resample=resampled, test_greedy=test["accuracy"]))
+        r = rows[-1]
+        print(f"{name}: pass {acc:.3f}, all-wrong {wrong}/{groups} = {wrong / groups:.3f}, rescued with hints "
+              f"{hinted}, without {resampled}; level test greedy {test['accuracy']:.3f}", flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "levels.json"), "w") as f:
+        json.dump(dict(args=vars(args), rows=rows, wall_s=time.time() - t0), f, indent=1)
+    with open(os.path.join(args.out, "levels.md"), "w") as f:
+        f.write(f"# Difficulty levels at the SFT start\n\n`python experiments/levels.py {' '.join(sys.argv[1:])}` "
+                f"({(time.time() - t0) / 60:.1f} min). Start `{args.model}`; {args.prompts} RL-split prompts per "
+                f"level (seed {args.seed}'s data order) x G 8, the task preset's sampler (T 1.2, 2 tokens per step) "
+                f"and reward rule; test greedy on the level's {data.TASK_LEVEL_TEST}-problem test set (test seed "
+                f"100).\n\n| level | out-of-range share | rollout pass rate | all-wrong groups | rescued by hints | "
+                f"rescued by re-sampling | level test greedy |\n|---|---|---|---|---|---|---|\n")
+        for r in rows:
+            w = round(r["all_wrong"] * r["groups"])
+            f.write(f"| {r['level']} | {r['share']:.2f} | {r['pass_rate']:.3f} | {w} / {r['groups']} = "
+                    f"{r['all_wrong']:.3f} | {r['rescued_hints']} / {w} | {r['rescued_resample']} / {w} | "
+                    f"{r['test_greedy']:.3f} |\n")
+    print(f"-> {args.out}/levels.md")
+
+
+if __name__ == "__main__":
+    main()
