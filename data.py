@@ -26,8 +26,10 @@ import reward
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "shared" / "data"  # ../shared/data, beside the repo
 
-# The official IGPO format instruction, verbatim (facebookresearch/igpo utils/data_utils.py, SYSTEM_PROMPT).
-# Official code and d1 put it in the user turn, before the question, not in a system turn: so do we.
+# The official IGPO format instruction (facebookresearch/igpo utils/data_utils.py, SYSTEM_PROMPT), but for one
+# declared character: O writes it as a plain Python string, so its "\boxed" is a backspace (\b) + "oxed"; we send
+# the \boxed its authors meant (O's exact text: SYSTEM_PROMPT.replace("\\b", "\b")). Official code and d1 put it
+# in the user turn, before the question, not in a system turn: so do we.
 SYSTEM_PROMPT = """
 Respond in the following format:
 <reasoning>

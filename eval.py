@@ -37,22 +37,23 @@ import sample as S
 
 
 @dataclass
-class Config:
+class Config:  # a comment starting with [lo, hi] or {a|b} is the field's domain, checked at start-up (launch.domain)
     model: str = "GSAI-ML/LLaDA-8B-Instruct"  # HF dir / hub id; auto = checkpoints/task-sft, else scratch (random)
     bench: str = "gsm8k,math500,amc23"   # comma list of gsm8k | math500 | amc23 | aime24 | task | task-ext<share>
-    gen_length: int = None               # new tokens; None = 256 (LLaDA protocol; or 512), task: data.TASK_SAMPLING
-    block_length: int = None             # semi-autoregressive block; None = 32 (LLaDA, d1), task: data.TASK_SAMPLING
-    steps: int = None                    # denoising steps; None = gen_length // 2 (d1), task: data.TASK_SAMPLING
-    temperature: float = None            # Gumbel temperature; None = 0 (greedy), AMC23/AIME24: 0.1 (IGPO paper)
-    samples: int = None                  # samples per problem; None = 1 (pass@1), AMC23/AIME24: 16 (avg@16)
-    remasking: str = "low_confidence"    # LLaDA remasking: low_confidence | random
-    prefill: bool = True                 # start every answer with "<reasoning>" (d1 eval --add_reasoning); not for task
-    batch_size: int = 8                  # sequences per generate() call on each rank
-    limit: int = 0                       # evaluate the first N problems of each benchmark (0 = all)
+    gen_length: int = None               # [1, inf) new tokens; None = 256 (LLaDA protocol), task: data.TASK_SAMPLING
+    block_length: int = None             # [1, inf) semi-AR block; None = 32 (LLaDA, d1), task: data.TASK_SAMPLING
+    steps: int = None                    # [1, inf) denoising steps; None = gen_length // 2 (d1), task: TASK_SAMPLING
+    temperature: float = None            # [0, inf) Gumbel temperature; None = 0 (greedy), AMC23/AIME24: 0.1 (paper)
+    samples: int = None                  # [1, inf) samples per problem; None = 1 (pass@1), AMC23/AIME24: 16 (avg@16)
+    remasking: str = "low_confidence"    # {low_confidence|random} LLaDA remasking
+    prefill: bool = True                 # on: start every answer with "<reasoning>" (d1 eval --add_reasoning; never
+                                         # for task); off: the model writes it
+    batch_size: int = 8                  # [1, inf) sequences per generate() call on each rank
+    limit: int = 0                       # [0, inf) evaluate the first N problems of each benchmark (0 = all)
     data_dir: str = ""                   # folder with the benchmark JSONL files; "" = ../shared/data (data.DATA_DIR)
     out_dir: str = ""                    # per-problem JSONL and summaries; "" = runs/eval/<model folder name>
-    seed: int = 0                        # seeds the per-(problem, sample) generators
-    dtype: str = "auto"                  # weights dtype: auto (bfloat16 on GPU, float32 on CPU) | bfloat16 | float32
+    seed: int = 0                        # [0, inf) seeds the per-(problem, sample) generators
+    dtype: str = "auto"                  # {auto|bfloat16|float32} weights dtype: auto = bfloat16 on GPU, float32 on CPU
 
 
 # The no-flag run is the embedded task on a CPU (100 test problems: ~1 min on 2 free cores); `--preset paper` is

@@ -22,16 +22,24 @@ Log-probs (d1's one-step estimator, as in the official code): the completion is 
 is masked with probability p_mask_prompt under a per-iteration seed, and log π(y_k) is read off one forward at
 completion position k. Old, reference and current policy see the same masked input in iteration j.
 
-Behaves differently from the paper (P) or the official code (O), each behind a flag:
-  --reveal_last   P: hints never contain the final answer (default off). O always reveals the trace's last chunk.
-  --post_eos      P: tokens after the first EOS are not in the loss (default off). O trains on all gen_length.
-  --logp          d1 (P, O). trajectory: each token scored in the canvas the sampler committed it in (TraceRL).
-  --reward_rule   official (O: first \\boxed, none = 0; the paper preset) | lenient (eval.py's extraction).
-Notes (same numbers, different bookkeeping):
-  - The loss is a mean over the kept tokens of the whole global batch (one all_reduce of the count), so it does
-    not depend on micro-batch size or world size; O (via TRL) averages per device micro-batch.
+Behaves differently from the paper (P) or the official code (O); each flag's `--help` shows both values:
+  --reveal_last  P: hints never contain the final answer. O always reveals the trace's last chunk, answer included.
+  --post_eos     P: tokens after the first EOS are in neither the loss nor the reward's text. O keeps all gen_length.
+  --stretch      P: hints sit at their index in the trace. O stretches their positions (inpaint.py).
+  --logp         d1 (P, O). trajectory: each token scored in the canvas the sampler committed it in (TraceRL).
+  --reward_rule  official (O: the first \\boxed, none = 0; the paper preset) | lenient (eval.py's extraction).
+  --loss_norm    group (O, paper preset): each group's mean over its kept tokens, then the mean over groups (O: one
+                 group per device micro-batch) | token: one mean over the kept tokens of the global batch.
+  --lr_epochs    O's lr decays linearly to 0 over its whole run, 10 epochs (~9.4K steps); 0 = over --steps.
+  --max_prompt   O keeps the last 600 prompt tokens; 0 = no limit.
+Declared, no flag: (1) prompt: O's instruction is a plain Python string, so the model reads a backspace and "oxed"
+where we send \\boxed (data.SYSTEM_PROMPT). (2) hint source: the item's trace in the response format, cut before
+its first \\boxed; O: "<reasoning>\\n" + the raw MetaMathQA response ("#### N", "The answer is: N" included).
+(3) log-probs and entropies come from fp32 logits (O: bf16, whose entropies tie often; O's topk then keeps an
+arbitrary one of tied hint tokens). (4) HF's warmup gives O's first update lr 0; ours gets lr / warmup.
+Notes (same values up to float rounding, different bookkeeping):
   - Rows whose masked input is identical (every rollout of a prompt when p_mask_prompt = 0) share one forward in
-    the log-prob computation: G times fewer forwards, same numbers.
+    the log-prob computation: G times fewer forwards.
   - Every rank samples the same number of inpainted rows (padding with discarded rows), so FSDP's collectives
     line up; seeds use global indices, so rollouts and hints do not depend on the world size.
 Resume (`--resume on`): a checkpoint (out_dir/step-N, named by out_dir/latest) holds the policy, the optimizer, the
@@ -67,68 +75,80 @@ import sft
 
 
 @dataclass
-class Config:
+class Config:  # a comment starting with [lo, hi] or {a|b} is the field's domain, checked at start-up (launch.domain)
     model: str = "GSAI-ML/LLaDA-8B-Instruct"  # initial policy (HF dir or hub id; P starts from the SFT model)
     data: str = "metamath"             # training prompts: metamath (O) | math (MATH train) | gsm8k | x.jsonl | task
                                        # (embedded) | task-ext<share> (a difficulty level, data.task_level)
-    max_prompts: int = 0               # train on the first N prompts only (0 = all; bench/overfit.py uses 16)
+    max_prompts: int = 0               # [0, inf) train on the first N prompts only (0 = all; bench/overfit.py: 16)
     out_dir: str = "runs/igpo"         # metrics.jsonl, config.json, checkpoints
-    steps: int = 1000                  # optimizer steps = rollout batches x mu
-    prompts_per_step: int = 64         # prompts per rollout batch, global (any world size)
-    G: int = 8                         # rollouts per prompt (P, O)
-    micro_batch: int = 8               # rows per forward/backward on a rank (memory only; the update is the same)
-    gen_length: int = 256              # new tokens per rollout (O)
-    block_length: int = 32             # semi-autoregressive block (O)
-    diffusion_steps: int = 128         # denoising steps per rollout (O)
-    temperature: float = 1.2           # rollout temperature (O)
-    fast_threshold: float = 0.0        # fast rollouts: commit every token with confidence >= this (0 = exact, LLaDA)
-    fast_cache: str = ""               # fast rollouts: "" | prefix | dual KV cache (approximate; see sample.py)
-    rescue: str = "hints"              # what happens to an all-wrong group: hints (IGPO: re-sampled G times with
-                                       # hints, correct ones replace wrong ones) | resample (the sample-matched
-                                       # baseline: re-sampled G times without hints) | off (GRPO: nothing)
-    eta: tuple = (0.2, 0.6)            # hint ratio range, eta ~ U[lo, hi] per rollout (P, O); 0,0 = sample-matched
-    chunk: tuple = (5, 10)             # hint chunk sizes in tokens, inclusive (O)
-    lam: float = 0.5                   # replace at most floor(lam * G) wrong rollouts per group (P: lambda; O: 4 of 8)
-    tau: float = 0.2                   # keep the top-tau fraction of hint tokens by entropy (P, O)
-    stretch: bool = False              # O's stretched hint placement instead of P's same-index placement
-    rechunk: bool = True               # O: each hinted rollout chunks the trace anew; off = one chunking per group
-    reserve: int = 30                  # last positions of the window never hinted (O)
-    reveal_last: bool = False          # on = O: always reveal the trace's last chunk, final answer included
-    mu: int = 4                        # inner updates per rollout batch (O: num_iterations)
-    eps: float = 0.2                   # clip range of the ratio (P, O)
-    beta: float = 0.01                 # k3 KL weight to the reference policy; 0 = no reference model (O)
-    ratio: str = "sequence_all"        # importance ratio: token | sequence (GSPO, mean log-ratio over kept tokens)
-                                       # | sequence_all (O's use_gspo: mean over all gen_length positions)
-    logp: str = "d1"                   # log-prob estimator: d1 (P, O: completion fully masked) | trajectory (each
-                                       # token scored in the canvas the sampler committed it in, as TraceRL)
-    logp_group: int = 1                # trajectory: sampler steps scored per forward (steps per block = block TF)
-    p_mask_prompt: float = 0.0         # prompt-token mask probability in the log-prob forward (d1 option)
-    post_eos: bool = False             # on = O: tokens after the first EOS stay in the loss
-    lr: float = 5e-7                   # AdamW peak lr, constant after warmup (O)
-    betas: tuple = (0.9, 0.99)         # AdamW betas (O)
-    weight_decay: float = 0.1          # AdamW weight decay (O)
-    grad_clip: float = 0.2             # max global grad norm (O)
-    warmup: int = 50                   # linear lr warmup, optimizer steps (O)
-    correct_weight: float = 3.0        # correctness reward (O)
-    format_weight: float = 1.0         # scale of reward.format_reward (O: 0.125 per tag + 0.25 for \boxed)
-    reward_rule: str = "official"      # correctness: official (O: first \boxed, 0 without) | lenient (eval.py's)
-    lora_rank: int = 128               # LoRA rank on the block projections (O: 128); 0 = full fine-tuning
-    lora_alpha: float = 64.0           # LoRA scale alpha / rank (O: 64)
-    lora_dropout: float = 0.05         # dropout on the adapter's input (O)
+    steps: int = 1000                  # [1, inf) optimizer steps = rollout batches x mu
+    prompts_per_step: int = 64         # [1, inf) prompts per rollout batch, global (any world size)
+    G: int = 8                         # [2, inf) rollouts per prompt (P, O)
+    micro_batch: int = 8               # [1, inf) rows per forward/backward on a rank (memory only; same update)
+    max_prompt: int = 600              # [0, inf) prompt tokens kept, the last ones (O: max_prompt_length 600, left
+                                       # truncation); 0 = all
+    gen_length: int = 256              # [1, inf) new tokens per rollout (O)
+    block_length: int = 32             # [1, inf) semi-autoregressive block (O)
+    diffusion_steps: int = 128         # [1, inf) denoising steps per rollout (O)
+    temperature: float = 1.2           # [0, inf) rollout temperature (O)
+    fast_threshold: float = 0.0        # [0, 1] fast rollouts: commit every token with confidence >= this (0 = exact)
+    fast_cache: str = ""               # {""|prefix|dual} fast rollouts: approximate KV cache (sample.py; "" = none)
+    rescue: str = "hints"              # {hints|resample|off} what happens to an all-wrong group: hints = IGPO (G
+                                       # re-samples with hints; correct ones replace wrong ones), resample = the
+                                       # sample-matched baseline (G re-samples without hints), off = GRPO
+    eta: tuple = (0.2, 0.6)            # [0, 1] hint ratio range lo,hi: eta ~ U[lo, hi] per hinted rollout (P, O)
+    chunk: tuple = (5, 10)             # [1, inf) hint chunk sizes lo,hi in tokens, inclusive (O)
+    lam: float = 0.5                   # [0, 1] replace at most floor(lam * G) wrong rollouts per group (P: λ; O: 4)
+    tau: float = 0.2                   # (0, 1] keep the top-tau fraction of hint tokens by entropy (P, O)
+    stretch: bool = False              # on: O's stretched hint placement; off: P's placement at the trace index
+    rechunk: bool = True               # on: each hinted rollout chunks the trace anew (O); off: once per group
+    reserve: int = 30                  # [0, inf) last positions of the window never hinted (O)
+    reveal_last: bool = False          # on: O, the trace's last chunk is always revealed, final answer included;
+                                       # off: P, hints never contain the final answer
+    mu: int = 4                        # [1, inf) inner updates per rollout batch (O: num_iterations)
+    eps: float = 0.2                   # (0, 1) clip range of the ratio (P, O)
+    beta: float = 0.01                 # [0, inf) k3 KL weight to the reference policy; 0 = no reference (O: 0.01)
+    ratio: str = "sequence_all"        # {token|sequence|sequence_all} importance ratio: token | sequence (GSPO,
+                                       # mean log-ratio over kept tokens) | sequence_all (O's use_gspo: mean over
+                                       # all gen_length positions)
+    loss_norm: str = "group"           # {token|group} token: mean over the kept tokens of the global batch; group:
+                                       # O, mean over each group's kept tokens, then over the groups
+    logp: str = "d1"                   # {d1|trajectory} log-prob estimator: d1 (P, O: completion fully masked) |
+                                       # trajectory (each token scored in the canvas the sampler committed it in)
+    logp_group: int = 1                # [1, inf) trajectory: sampler steps scored per forward (a block's = block TF)
+    p_mask_prompt: float = 0.0         # [0, 1) prompt-token mask probability in the log-prob forward (d1 option)
+    post_eos: bool = False             # on: O, tokens after the first EOS are in the loss and the reward's text (O
+                                       # decodes all gen_length tokens); off: P, both stop at the first EOS
+    lr: float = 5e-7                   # [0, inf) AdamW peak lr, after a linear warmup, then linear decay (O)
+    lr_epochs: float = 10.0            # [0, inf) the lr decays to 0 over this many epochs of the prompts x mu
+                                       # optimizer steps (O: HF's linear schedule over num_train_epochs 10, ~9.4K
+                                       # steps on MetaMathQA); 0 = over --steps
+    betas: tuple = (0.9, 0.99)         # [0, 1) AdamW betas (O)
+    weight_decay: float = 0.1          # [0, inf) AdamW weight decay (O)
+    grad_clip: float = 0.2             # (0, inf) max global grad norm (O)
+    warmup: int = 50                   # [0, inf) linear lr warmup, optimizer steps (O)
+    correct_weight: float = 3.0        # [0, inf) correctness reward (O)
+    format_weight: float = 1.0         # [0, inf) scale of reward.format_reward (O: 0.125 per tag + 0.25 for \boxed)
+    reward_rule: str = "official"      # {official|lenient} correctness: official (O: first \boxed, 0 without) |
+                                       # lenient (eval.py's extraction: last box, <answer>, last number)
+    lora_rank: int = 128               # [0, inf) LoRA rank on the block projections (O: 128); 0 = full fine-tuning
+    lora_alpha: float = 64.0           # (0, inf) LoRA scale alpha / rank (O: 64)
+    lora_dropout: float = 0.05         # [0, 1) dropout on the adapter's input (O)
     lora_targets: str = "q_proj,k_proj,v_proj,up_proj"  # adapted projections (O's peft list, matched on LLaDA)
-    bf16: bool = True                  # bf16 autocast on GPU; ignored on CPU
-    grad_ckpt: bool = True             # activation checkpointing per block (needed at 8B)
-    seed: int = 3                      # data order, rollouts, hints, mask seeds (O: 3)
-    save_every: int = 100              # optimizer steps between checkpoints (0 = none but the last)
-    save_last: str = "full"            # after the last step: full (resumable step-N: policy + optimizer) | model
-                                       # (the policy alone, HF format, in out_dir/final) | off (experiment runs)
-    eval_every: int = 0                # optimizer steps between evaluations; 0 = only at the end
-    eval_limit: int = 200              # test problems per evaluation; 0 = no evaluation
-    eval_start: bool = True            # also evaluate the initial policy (the SFT start) before the first step
-    resume: bool = False               # continue from the checkpoint out_dir/latest names (fresh start if none)
-    keep_last: int = 3                 # step-N checkpoints kept in out_dir, the newest (0 = all)
-    max_bad_steps: int = 3             # non-finite loss/grad-norm steps are skipped; this many in a row stop the run
-    dist_timeout: int = 1800           # seconds a collective may wait (a dead or hung rank) before every rank fails
+    bf16: bool = True                  # on: bf16 autocast on GPU (O); off: fp32. Ignored on CPU
+    grad_ckpt: bool = True             # on: activation checkpointing per block (needed at 8B); off: none
+    seed: int = 3                      # [0, inf) data order, rollouts, hints, mask seeds (O: 3)
+    save_every: int = 100              # [0, inf) optimizer steps between checkpoints (0 = none but the last)
+    save_last: str = "full"            # {full|model|off} after the last step: full (resumable step-N: policy +
+                                       # optimizer) | model (the policy alone, out_dir/final) | off
+    eval_every: int = 0                # [0, inf) optimizer steps between evaluations; 0 = only at the end
+    eval_limit: int = 200              # [0, inf) test problems per evaluation; 0 = no evaluation
+    eval_start: bool = True            # on: also evaluate the initial policy before the first step; off: not
+    resume: bool = False               # on: continue from the checkpoint out_dir/latest names (a fresh start if
+                                       # none); off: start fresh
+    keep_last: int = 3                 # [0, inf) step-N checkpoints kept in out_dir, the newest (0 = all)
+    max_bad_steps: int = 3             # [1, inf) non-finite steps are skipped; this many in a row stop the run
+    dist_timeout: int = 1800           # [1, inf) seconds a collective may wait (a dead or hung rank) before all fail
 
 
 # `python igpo.py` = the embedded task on a CPU (lr chosen on val: experiments/rl_settings.py); `--preset paper` =
@@ -140,9 +160,17 @@ PRESETS = {
                  block_length=data.TASK_SAMPLING["block_length"], diffusion_steps=data.TASK_SAMPLING["steps"],
                  temperature=data.TASK_SAMPLING["temperature"], chunk=(2, 4), reserve=data.TASK_HINT_RESERVE,
                  lr=3e-4, warmup=5, grad_clip=1.0, grad_ckpt=False, save_every=40, eval_every=0,
-                 eval_limit=500, ratio="token", lora_rank=0, seed=0),
+                 eval_limit=500, ratio="token", loss_norm="token", lr_epochs=0, lora_rank=0, seed=0),
     "paper": dict(),
 }
+# The official run's value of every flag it sets (facebookresearch/igpo run_igpo.sh + train.yaml; --help shows them)
+OFFICIAL = dict(data="metamath", prompts_per_step=64, G=8, micro_batch=8, max_prompt=600, gen_length=256,
+                block_length=32, diffusion_steps=128, temperature=1.2, eta=(0.2, 0.6), chunk=(5, 10), lam=0.5,
+                tau=0.2, stretch=True, rechunk=True, reserve=30, reveal_last=True, mu=4, eps=0.2, beta=0.01,
+                ratio="sequence_all", loss_norm="group", logp="d1", p_mask_prompt=0.0, post_eos=True, lr=5e-7,
+                lr_epochs=10.0, betas=(0.9, 0.99), weight_decay=0.1, grad_clip=0.2, warmup=50, correct_weight=3.0,
+                format_weight=1.0, reward_rule="official", lora_rank=128, lora_alpha=64.0, lora_dropout=0.05,
+                bf16=True, seed=3, save_every=96)
 
 
 @dataclass
@@ -173,6 +201,8 @@ def roll_out(policy, tok, items, messages, cfg, batch_idx, first, device):
     G = cfg.G
     convs = [messages(it["question"]) for it in items for _ in range(G)]
     prompt, attn = M.encode_chat(tok, convs, device=device)
+    if cfg.max_prompt and prompt.shape[1] > cfg.max_prompt:  # O: left truncation (prompts are left-padded)
+        prompt, attn = prompt[:, -cfg.max_prompt:], attn[:, -cfg.max_prompt:]
     seeds = [launch.seed(cfg.seed, "rollout", batch_idx, first * G + r) for r in range(len(convs))]
     comp, order = sample_rows(policy, prompt, attn, cfg, seeds)                             # (B, L) each
     correct, total = rewards(tok, comp.cpu(), [it["answer"] for it in items for _ in range(G)], cfg)
@@ -201,7 +231,8 @@ def sample_rows(policy, prompt_ids, prompt_attn, cfg, seeds, hints=None):
 
 def rewards(tok, completions, golds, cfg):
     """(correctness (B,), total reward (B,)) of completion ids (B, L) against gold answers."""
-    texts = [tok.decode(sample.until_stop(c, {tok.eos_token_id}), skip_special_tokens=True) for c in completions]
+    texts = [tok.decode(c if cfg.post_eos else sample.until_stop(c, {tok.eos_token_id}), skip_special_tokens=True)
+             for c in completions]  # O (--post_eos on) decodes all gen_length tokens
     correct = torch.tensor([reward.correctness_reward(t, g, weight=cfg.correct_weight, rule=cfg.reward_rule)
                             for t, g in zip(texts, golds)])
     fmt = torch.tensor([reward.format_reward(t) for t in texts])
@@ -420,6 +451,9 @@ def update(policy, b, j, cfg, world):
     optimizer step is the caller's. Returns loss-side statistics as (sum, count) pairs."""
     keep = b.lmask & inpaint.entropy_filter(b.ent[j], b.hint & b.lmask, cfg.tau)  # hint tokens: top-tau by entropy
     n_total = launch.all_sum(keep.sum().float()).clamp(min=1)  # kept tokens of the global batch
+    if cfg.loss_norm == "group":  # O: per row, its group's kept tokens x the number of groups of the global batch
+        per_group = keep.view(-1, cfg.G, keep.shape[1]).sum((1, 2)).float().clamp(min=1)            # (B / G,)
+        n_total = per_group.repeat_interleave(cfg.G) * launch.all_sum(torch.tensor(len(per_group) * 1.0))  # (B,)
     inputs, attn = estimator_inputs(b, j, cfg, policy.config.mask_token_id)
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and attn.device.type == "cuda")
     sums = dict(loss=0.0, kl=0.0, clip_frac=0.0)
@@ -431,19 +465,20 @@ def update(policy, b, j, cfg, world):
         with amp:
             logp = estimate_logps(policy, inputs, attn, b.comp, sl)[0]
         ref_logp = None if b.ref_logp is None else b.ref_logp[j][sl]
-        loss, st = grpo_loss(logp, b.old[j][sl], ref_logp, b.adv[sl], keep[sl], n_total, cfg.eps, cfg.beta,
-                             cfg.ratio)
+        denom = n_total if n_total.dim() == 0 else n_total[sl]
+        loss, st = grpo_loss(logp, b.old[j][sl], ref_logp, b.adv[sl], keep[sl], denom, cfg.eps, cfg.beta, cfg.ratio)
         (loss * world).backward()  # FSDP averages gradients over ranks; the loss is already a global mean
-        sums["loss"] += loss.item() * float(n_total)
+        sums["loss"] += loss.item()
         sums["kl"] += st["kl"]
         sums["clip_frac"] += st["clipped"]
     kept = float(keep.sum())
-    return {k: (v, kept) for k, v in sums.items()}
+    return dict(loss=(sums["loss"], 1 / world), kl=(sums["kl"], kept), clip_frac=(sums["clip_frac"], kept))
 
 
 def grpo_loss(logp, old_logp, ref_logp, adv, keep, n_total, eps, beta, ratio="token"):
-    """Sum over kept tokens of the clipped surrogate + k3 KL, divided by n_total (the kept tokens of the global
-    batch). logp/old_logp/ref_logp (B, L), adv (B,), keep (B, L) bool. Returns (loss, stats)."""
+    """Sum over kept tokens of the clipped surrogate + k3 KL, divided by n_total: a scalar (the kept tokens of the
+    global batch, --loss_norm token) or (B,) per row (--loss_norm group: its group's kept tokens x the number of
+    groups). logp/old_logp/ref_logp (B, L), adv (B,), keep (B, L) bool. Returns (loss, stats)."""
     log_ratio = logp - old_logp
     if ratio == "sequence":  # GSPO: s_i = exp(mean_t log ratio) over the kept tokens, one ratio per sequence
         n_i = keep.sum(1, keepdim=True).clamp(min=1)
@@ -461,7 +496,10 @@ def grpo_loss(logp, old_logp, ref_logp, adv, keep, n_total, eps, beta, ratio="to
         d = ref_logp - logp
         kl = d.exp() - d - 1                                                                # k3 estimator, Eq. (4)
         per_token = per_token + beta * kl
-    loss = (per_token * keep).sum() / n_total
+    if n_total.dim() == 0:
+        loss = (per_token * keep).sum() / n_total                                           # token mean
+    else:
+        loss = ((per_token * keep).sum(1) / n_total).sum()  # O: each group's token mean, averaged over groups
     clipped = ((rho < 1 - eps) & (a < 0)) | ((rho > 1 + eps) & (a > 0))
     return loss, dict(kl=(kl * keep).sum().item(), clipped=(clipped & keep).sum().item())
 
@@ -518,11 +556,9 @@ def check_config(cfg, world):
                                   f"between rollout batches)"),
         (cfg.gen_length % cfg.block_length, f"--gen_length {cfg.gen_length} not a multiple of --block_length"),
         (cfg.diffusion_steps % blocks, f"--diffusion_steps {cfg.diffusion_steps} not divisible by {blocks} blocks"),
-        (cfg.rescue not in ("hints", "resample", "off"), "--rescue: hints | resample | off"),
-        (cfg.save_last not in ("full", "model", "off"), "--save_last: full | model | off"),
-        (cfg.ratio not in ("token", "sequence", "sequence_all"), "--ratio: token | sequence | sequence_all"),
-        (cfg.logp not in ("d1", "trajectory") or cfg.logp_group < 1, "--logp: d1 | trajectory; --logp_group >= 1"),
-        (cfg.reward_rule not in reward.RULES, f"--reward_rule: one of {reward.RULES}")] if bad])
+        (len(cfg.eta) != 2 or cfg.eta[0] > cfg.eta[1], f"--eta {cfg.eta}: two values lo,hi with lo <= hi"),
+        (len(cfg.chunk) != 2 or cfg.chunk[0] > cfg.chunk[1], f"--chunk {cfg.chunk}: two sizes lo,hi with lo <= hi"),
+        (len(cfg.betas) != 2, f"--betas {cfg.betas}: two values")] if bad])
 
 
 def train(cfg):
@@ -534,9 +570,10 @@ def train(cfg):
     except (OSError, ValueError, KeyError) as e:
         raise SystemExit(f"--data {cfg.data}: {e}") from None
     log(json.dumps(asdict(cfg), indent=1))
+    horizon = math.ceil(cfg.lr_epochs * len(items) * cfg.mu / cfg.prompts_per_step) if cfg.lr_epochs else cfg.steps
     log(f"world {world}: {cfg.prompts_per_step // world} prompts x G={cfg.G} = {cfg.prompts_per_step // world * cfg.G}"
         f" rollouts per rank, global {cfg.prompts_per_step * cfg.G}; {cfg.steps // cfg.mu} rollout batches"
-        f" x mu={cfg.mu}")
+        f" x mu={cfg.mu}; the lr decays to 0 at step {horizon}")
     torch.manual_seed(cfg.seed)
     ckpt = launch.latest_checkpoint(cfg.out_dir) if cfg.resume else None
     policy, ref, tok, state = build(cfg, device, ckpt)
@@ -571,7 +608,7 @@ def train(cfg):
             stats["no_trace"] = (float(sum(w and not has_trace(it) for w, it in zip(wrong, mine))), len(mine))
         policy.train()
         torch.manual_seed(launch.seed(cfg.seed, "dropout", step, rank))  # LoRA dropout: a function of the step
-        lr = launch.lr_at(step, cfg.steps, cfg.lr, cfg.warmup)  # linear warmup and decay (O: HF Trainer's)
+        lr = launch.lr_at(step, horizon, cfg.lr, cfg.warmup)  # linear warmup and decay to 0 at `horizon` (O: HF's)
         for g in opt.param_groups:
             g["lr"] = lr
         with timed(times, "t_update"):
@@ -682,5 +719,5 @@ def timed(times, name):
 
 
 if __name__ == "__main__":
-    train(launch.parse_config(Config, PRESETS, doc=__doc__))
+    train(launch.parse_config(Config, PRESETS, doc=__doc__, official=OFFICIAL))
     launch.exit_worker()

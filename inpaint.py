@@ -94,10 +94,11 @@ def build_hints(trace, G, gen_length, mask_id, *, gen, answer_start=None, s_min=
 
 
 def reference_trace(tok, text):
-    """Token ids of a reference response and the index where its final answer starts (its last \\boxed; None if
-    it has none): hints are cut from trace[:answer_start] (the paper: hints never contain the answer)."""
+    """Token ids of a reference response and the index where its final answer starts: its first \\boxed (None if
+    it has none). Hints are cut from trace[:answer_start] (P: hints never contain the answer). The first box, not
+    the last: a MATH solution boxes its answer inside the trace, before the response's own <answer> box."""
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-    cut = text.rfind("\\boxed")
+    cut = text.find("\\boxed")
     if cut < 0:
         return enc["input_ids"], None
     return enc["input_ids"], next((i for i, (s, _) in enumerate(enc["offset_mapping"]) if s >= cut), None)

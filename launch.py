@@ -18,6 +18,7 @@ import inspect
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -33,12 +34,34 @@ import model as M
 # ------------------------------------------------------------------------------------------------ flags
 
 def field_help(cls):
-    """{field: help text}: the trailing comment of each field in the dataclass's source (one source of truth)."""
-    comments = {}
+    """{field: help text}: the comment after each field of the dataclass's source and the comment-only lines under
+    it (one source of truth for the config screen and --help)."""
+    comments, last = {}, None
     for line in inspect.getsource(cls).splitlines():
-        if ":" in line and "#" in line and not line.strip().startswith("#"):
-            comments[line.split(":")[0].strip()] = line.split("#", 1)[1].strip()
+        code, _, comment = line.partition("#")
+        if ":" in code and code.strip() and not code.strip().startswith(("@", "class")):
+            last = code.split(":")[0].strip()
+            comments[last] = comment.strip()
+        elif not code.strip() and comment.strip() and last:
+            comments[last] += " " + comment.strip()
     return comments
+
+
+_RANGE = re.compile(r"^([\[(])(-?[\d.e-]+), (-?[\d.e-]+|inf)([\])])")
+_CHOICES = re.compile(r"^\{([^}]*)\}")
+
+
+def domain(text):
+    """(check, label) of the domain a help text starts with, else None: an interval [lo, hi], (lo, hi], [lo, inf)
+    ... (a tuple: every element in it; None is always allowed: "the default") or choices {a|b|""}."""
+    if m := _RANGE.match(text):
+        lo, hi = float(m[2]), float(m[3])
+        inside = lambda v: (lo <= v if m[1] == "[" else lo < v) and (v <= hi if m[4] == "]" else v < hi)
+        return (lambda v: v is None or all(inside(x) for x in (v if isinstance(v, tuple) else (v,)))), m[0]
+    if m := _CHOICES.match(text):
+        choices = [c.strip().strip('"') for c in m[1].split("|")]
+        return (lambda v: v in choices), m[0]
+    return None
 
 
 def _flag_type(typ, paper_value):
@@ -58,24 +81,34 @@ def _flag_type(typ, paper_value):
     return typ
 
 
-def parse_config(cls, presets, argv=None, doc=""):
+def _shown(v):
+    """A value as --help shows it: on/off, a comma list, or repr."""
+    return ("on" if v else "off") if isinstance(v, bool) else ",".join(map(str, v)) if isinstance(v, tuple) else repr(v)
+
+
+def parse_config(cls, presets, argv=None, doc="", official=None):
     """cls(**presets[--preset]) overridden by flags; the first preset is the no-flag run. Every field of `cls` is a
-    flag; --help shows its comment, the effective default (the preset's) and the paper's (the field default)."""
+    flag; --help shows its whole comment, the effective default (the preset's), the paper's (the field default)
+    and, where `official` names it, the official run's. A value outside the domain its comment starts with
+    ([lo, hi], {a|b}; see domain()) is a usage error naming the flag, before anything loads."""
     first = next(iter(presets))
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", default=first, choices=list(presets),
                      help=f"base settings; flags override them (default {first!r}: the embedded CPU task)")
     base = cls(**presets[pre.parse_known_args(argv)[0].preset])
-    paper = cls()
-    p = argparse.ArgumentParser(description=doc.strip().split("\n")[0], parents=[pre],
-                                formatter_class=argparse.RawTextHelpFormatter)
+    paper, official = cls(), official or {}
+    p = argparse.ArgumentParser(description=doc.strip().split("\n")[0], parents=[pre])
     helps = field_help(cls)
     for f in fields(cls):
-        text = helps.get(f.name, "").replace("%", "%%")
-        shown = f"[default {getattr(base, f.name)!r}; paper {getattr(paper, f.name)!r}]".replace("%", "%%")
+        o = f"; official {_shown(official[f.name])}" if f.name in official else ""
+        shown = f"[default {_shown(getattr(base, f.name))}; paper {_shown(getattr(paper, f.name))}{o}]"
         p.add_argument(f"--{f.name}", type=_flag_type(f.type, getattr(paper, f.name)), default=getattr(base, f.name),
-                       help=f"{text} {shown}")
+                       help=f"{helps.get(f.name, '')} {shown}".replace("%", "%%"))
     args = p.parse_args(argv)
+    for f in fields(cls):
+        rule = domain(helps.get(f.name, ""))
+        if rule and not rule[0](getattr(args, f.name)):
+            p.error(f"--{f.name} {_shown(getattr(args, f.name))}: must be in {rule[1]}")
     return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
 
 
@@ -178,7 +211,7 @@ def data_order(n, base, positions):
 
 def lr_at(step, total, peak, warmup, min_ratio=0.0, decay="linear"):
     """Linear warmup over `warmup` steps, then linear or cosine decay from peak to min_ratio * peak at `total`."""
-    frac = max(0, step - warmup) / max(1, total - warmup)
+    frac = min(1.0, max(0, step - warmup) / max(1, total - warmup))
     shape = 1 - frac if decay == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
     return peak * min(1.0, (step + 1) / max(1, warmup)) * (min_ratio + (1 - min_ratio) * shape)
 

@@ -6,7 +6,9 @@ last `\\boxed{}` equals the gold, else 0, plus a format reward for `<reasoning>\
 negative here changes which groups get hints: the equivalence test is what matters in this file.
 Deviations from the official code:
 1. Equivalence is math-verify (sympy) behind cheap fast paths (normalised string match, exact decimal compare), on
-   every benchmark. Official: Hendrycks' string normaliser (MATH), a float compare (GSM8K).
+   every benchmark. Official training reward (correctness_reward_func): the first \\boxed's content judged by
+   manual_math_verify, i.e. Hendrycks' MATH string normaliser, on every dataset (GSM8K's float compare is in its
+   evaluation code only).
 2. extract_answer falls back to the `<answer>` span (as official), then to the last number (official GSM8K path).
 3. math-verify's own timeouts use signal.alarm, which fails off the main thread: they are off, and sympy runs in a
    persistent worker subprocess that is killed, and replaced by a warm standby, when it misses the 1 s deadline.

@@ -36,8 +36,8 @@ Deviations from LLaDA's generate.py (token-identical at temperature 0 on an fp32
     ~V * 2^-53 of the total (1e-11 at V = 126k), far below the float32-Gumbel truncation that made LLaDA use
     float64. Each row draws from its own generator when `generator` is a list; a single generator draws for
     every row of the original batch, so early exit never shifts the other rows' draws.
- 3. The low-confidence probability is exp(logit - logsumexp) in float32 (the reference: a softmax in the model
-    dtype, bf16 on GPU).
+ 3. The low-confidence probability is exp(logit - logsumexp) in float32. LLaDA's generate.py: a softmax in the
+    model dtype (bf16 on GPU); IGPO's official sampler: a float64 softmax. Only near-ties can commit differently.
  4. With cfg_scale > 0 only the prompt is masked in the unconditional branch (hints stay, they are part of x).
  5. The mask token itself is never proposed. The reference can commit it (then the canvas keeps a mask forever);
     a trained LLaDA never ranks it first, a random test model does. Confidences still use the full softmax, so

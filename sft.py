@@ -39,41 +39,42 @@ import sample
 
 
 @dataclass
-class Config:
+class Config:  # a comment starting with [lo, hi] or {a|b} is the field's domain, checked at start-up (launch.domain)
     data: str = "math"               # "task" (embedded SFT split) | "math" (GSM8K + MATH train) | x.jsonl | hub id
     model: str = "GSAI-ML/LLaDA-8B-Instruct"  # HF-format dir / hub id to fine-tune; "scratch" = data.TASK_MODEL
     out_dir: str = "checkpoints/sft"  # checkpoint dir (HF format + optim.pt + trainer_state.json)
-    max_len: int = 1024              # response tokens kept, EOT included (paper: concise traces <= ~1k tokens)
-    too_long: str = "drop"           # longer responses: "drop" (paper filters them) | "truncate"
-    resp_len: int = 0                # pad responses with EOS to this many tokens (the RL gen_length); 0 = longest
-    max_samples: int = 0             # use the first N pairs (0 = all)
-    epochs: float = 3.0              # passes over the data (LLaDA SFT: 3)
-    steps: int = 0                   # optimizer steps; 0 = derived from epochs
-    global_batch: int = 256          # sequences per optimizer step, any world size (LLaDA SFT: 256)
-    micro_batch: int = 2             # sequences per rank per forward; accumulation = global / (world * micro)
-    lr: float = 2.5e-5               # peak AdamW lr (LLaDA SFT; not stated in IGPO)
-    min_lr_ratio: float = 0.1        # final lr = ratio * lr (LLaDA SFT decays to 2.5e-6)
-    warmup: int = 50                 # linear warmup steps, then cosine decay to min_lr_ratio * lr (LLaDA SFT: 50)
-    weight_decay: float = 0.1        # AdamW (LLaDA, d1)
-    grad_clip: float = 1.0           # max global grad norm (d1)
-    eps: float = 1e-3                # mask-probability floor of Eq. (1) (LLaDA)
-    loss_norm: str = "sample"        # "sample" (paper, LLaDA) | "batch" (d1); deviation 1
-    lora_rank: int = 0               # LoRA rank on the block projections; 0 = full fine-tuning (d1's SFT: 128)
-    lora_alpha: float = 64.0         # LoRA scale alpha / rank
-    lora_dropout: float = 0.05       # dropout on the adapter's input
+    max_len: int = 1024              # [1, inf) response tokens kept, EOT included (paper: concise traces <= ~1k)
+    too_long: str = "drop"           # {drop|truncate} longer responses: drop (the paper filters them) | truncate
+    resp_len: int = 0                # [0, inf) pad responses with EOS to this many tokens (the RL gen_length); 0 =
+                                     # the longest
+    max_samples: int = 0             # [0, inf) use the first N pairs (0 = all)
+    epochs: float = 3.0              # (0, inf) passes over the data (LLaDA SFT: 3)
+    steps: int = 0                   # [0, inf) optimizer steps; 0 = derived from epochs
+    global_batch: int = 256          # [1, inf) sequences per optimizer step, any world size (LLaDA SFT: 256)
+    micro_batch: int = 2             # [1, inf) sequences per rank per forward; accumulation = global / (world x micro)
+    lr: float = 2.5e-5               # [0, inf) peak AdamW lr (LLaDA SFT; not stated in IGPO)
+    min_lr_ratio: float = 0.1        # [0, 1] final lr = ratio x lr (LLaDA SFT decays to 2.5e-6)
+    warmup: int = 50                 # [0, inf) linear warmup steps, then cosine decay to min_lr_ratio x lr (LLaDA: 50)
+    weight_decay: float = 0.1        # [0, inf) AdamW (LLaDA, d1)
+    grad_clip: float = 1.0           # (0, inf) max global grad norm (d1)
+    eps: float = 1e-3                # [0, 1) mask-probability floor of Eq. (1) (LLaDA)
+    loss_norm: str = "sample"        # {sample|batch} sample (paper, LLaDA) | batch (d1); deviation 1
+    lora_rank: int = 0               # [0, inf) LoRA rank on the block projections; 0 = full fine-tuning (d1's SFT: 128)
+    lora_alpha: float = 64.0         # (0, inf) LoRA scale alpha / rank
+    lora_dropout: float = 0.05       # [0, 1) dropout on the adapter's input
     lora_targets: str = "q_proj,k_proj,v_proj,up_proj"  # adapted projections (model.LORA_ALL: all seven)
-    bf16: bool = True                # bf16 autocast on GPU (fp32 params and optimizer); ignored on CPU
-    grad_ckpt: bool = True           # recompute blocks in backward (needed at 8B)
-    seed: int = 0                    # init, data order and mask draws
-    log_every: int = 10              # steps between log lines
-    save_every: int = 500            # steps between checkpoints (and one at the end)
-    stop_at: int = 0                 # stop (after saving) at this step without changing the schedule; 0 = off
-    resume: bool = False             # continue from out_dir's checkpoint (weights, optimizer, step)
+    bf16: bool = True                # on: bf16 autocast on GPU (fp32 params and optimizer); off: fp32. CPU: fp32
+    grad_ckpt: bool = True           # on: recompute blocks in backward (needed at 8B); off: keep activations
+    seed: int = 0                    # [0, inf) init, data order and mask draws
+    log_every: int = 10              # [1, inf) steps between log lines
+    save_every: int = 500            # [1, inf) steps between checkpoints (and one at the end)
+    stop_at: int = 0                 # [0, inf) stop (after saving) at this step without changing the schedule; 0 = off
+    resume: bool = False             # on: continue from out_dir's checkpoint (weights, optimizer, step); off: fresh
     rewrite_model: str = ""          # a transformers causal LM: rewrite the traces of --data, write --rewrite_out
     rewrite_out: str = "runs/rewritten.jsonl"  # output of the rewriting (keys id, question, answer, solution)
-    rewrite_cap: int = 1024          # drop rewritten traces longer than this many rewriter tokens (paper ~1k)
-    max_bad_steps: int = 3           # non-finite loss/grad-norm steps are skipped; this many in a row stop the run
-    dist_timeout: int = 1800         # seconds a collective may wait (a dead or hung rank) before every rank fails
+    rewrite_cap: int = 1024          # [1, inf) drop rewritten traces longer than this many rewriter tokens (paper ~1k)
+    max_bad_steps: int = 3           # [1, inf) non-finite steps are skipped; this many in a row stop the run
+    dist_timeout: int = 1800         # [1, inf) seconds a collective may wait (a dead or hung rank) before all fail
 
 
 # The no-flag run: a 0.9M-param LLaDA from scratch on the embedded task (data.py); rows = the RL sampler's canvas.

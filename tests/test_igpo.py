@@ -69,7 +69,7 @@ def test_rescue_overwrites_the_first_k_rows_of_all_wrong_groups_only(task_ckpt, 
     new_correct = torch.tensor([0.0, 3.0, 3.0, 3.0])
     new = torch.arange(G)[:, None].expand(G, L) + 100  # row r of the inpainted batch is all (100 + r)
     hinted = (new, new - 100, new_correct, new_correct + 0.5, torch.ones(G, L, dtype=torch.bool))
-    monkeypatch.setattr(igpo, "inpaint_groups", lambda pol, tok, groups, *a: (
+    monkeypatch.setattr(igpo, "inpaint_groups", lambda pol, tok, groups, *a, **k: (
         hinted if [gi for gi, _ in groups] == [0] else pytest.fail(f"inpainted {groups}")))
     items = [{"solution": "s"}, {"solution": "s"}]  # both have a reference trace
     rows, new_comp, new_order, new_c, new_t, new_h = igpo.rescue(None, None, items, b, cfg, first=0)
@@ -377,3 +377,72 @@ def test_trajectory_update_is_micro_batch_invariant_and_on_policy_at_first(task_
         torch.testing.assert_close(a, c, atol=1e-7, rtol=1e-5)
     s = igpo.update(pol, b, 0, cfg, world=1)
     assert s["clip_frac"][0] == 0 and s["kl"][0] == 0  # ratio 1 and policy = reference before any step
+
+
+@pytest.mark.parametrize("ratio", ["token", "sequence_all"])
+def test_group_loss_norm_equals_an_independent_transcription_of_the_official_per_group_mean(task_ckpt, ratio):
+    """--loss_norm group (O: one group per device micro-batch, loss = sum / mask sum, averaged over devices and
+    accumulation steps) on 2 groups with hint tokens, post-EOS tokens and clipped ratios, split into micro-batches
+    that cut across the groups."""
+    cfg = small_cfg(task_ckpt, beta=0.0, loss_norm="group", ratio=ratio, tau=0.5, micro_batch=3)
+    pol, b, _ = _batch(task_ckpt, cfg)
+    B, L = b.comp.shape
+    eos = pol.config.eos_token_id
+    b.comp[1, 6] = eos
+    b.comp[5, 3] = eos  # tokens after these are out of the loss
+    b.lmask = igpo.loss_mask(b.comp, eos, False)
+    b.hint[:] = False
+    b.hint[2, 1:5] = True
+    b.hint[6, 8:12] = True  # a hinted row in each group: the filter keeps 2 of its 4 hint tokens
+    b.adv = torch.tensor([1.5, -0.5, -0.5, -0.5, 2.0, 0.0, -1.0, -1.0])
+    g = torch.Generator().manual_seed(0)
+    b.old = [o + 0.3 * torch.randn(o.shape, generator=g) for o in b.old]  # ratios away from 1: some clip
+    got = _grads_after_update(cfg, b, pol)
+    loss_got = igpo.update(pol, b, 0, cfg, world=1)["loss"][0]
+
+    keep = (b.lmask & igpo.inpaint.entropy_filter(b.ent[0], b.hint & b.lmask, cfg.tau)).float()
+    assert keep.sum() < b.lmask.sum()  # the batch really has dropped tokens
+    pol.zero_grad()
+    x = torch.cat([b.prompt, torch.full_like(b.comp, pol.config.mask_token_id)], 1)  # d1: completion all masked
+    logits = pol(x, attention_mask=torch.cat([b.attn, torch.ones_like(b.comp)], 1))[:, -L:].float()
+    logp = torch.log_softmax(logits, -1).gather(-1, b.comp[..., None])[..., 0]
+    per_group = []
+    for r in (slice(0, 4), slice(4, 8)):  # O's compute_loss on one device micro-batch = one group
+        lp, old, m, a = logp[r], b.old[0][r], keep[r], b.adv[r][:, None]
+        if ratio == "token":
+            rho = torch.exp(lp - old)
+        else:  # O's use_gspo: sum over all positions / size(1)
+            rho = torch.exp(lp.sum(1) / L - old.sum(1) / L)[:, None].expand(-1, L)
+        per_token = -torch.min(rho * a, torch.clamp(rho, 0.8, 1.2) * a)
+        per_group.append((per_token * m).sum() / m.sum())
+    want = torch.stack(per_group).mean()  # accumulation and DDP average the per-group losses
+    want.backward()
+    assert loss_got == pytest.approx(want.item(), rel=1e-5)
+    for a, c in zip(got, [p.grad if p.grad is not None else torch.zeros_like(p) for p in pol.parameters()]):
+        torch.testing.assert_close(a, c, atol=1e-7, rtol=1e-4)
+    assert any(t.abs().sum() > 0 for t in got)
+
+
+def test_reward_text_stops_at_the_first_eos_unless_post_eos(task_ckpt):
+    """P: the reward reads the text up to the first EOS; --post_eos on (O) decodes all gen_length tokens."""
+    tok = data.task_tokenizer()
+    ids = tok("<reasoning>\n</reasoning>\n<answer>\n\\boxed{3}\n</answer>", add_special_tokens=False)["input_ids"]
+    tail = tok("\\boxed{4}", add_special_tokens=False)["input_ids"]
+    comp = torch.tensor([ids + [tok.eos_token_id] + tail])
+    for post_eos, want in (("off", 0.0), ("on", 3.0)):  # lenient rule: the last box; gold 4 sits after the EOS
+        cfg = small_cfg(task_ckpt, post_eos=post_eos, reward_rule="lenient")
+        correct, total = igpo.rewards(tok, comp, ["4"], cfg)
+        assert correct.tolist() == [want]
+
+
+def test_max_prompt_keeps_the_last_prompt_tokens(task_ckpt):
+    """--max_prompt N (O: max_prompt_length 600, left truncation): the rollouts see the last N prompt tokens."""
+    pol, tok = M.load(task_ckpt)
+    items = data.task_splits()["rl"][:2]
+    full, _ = M.encode_chat(tok, [data.task_messages(it["question"]) for it in items for _ in range(4)])
+    b = igpo.roll_out(pol, tok, items, data.task_messages, small_cfg(task_ckpt, max_prompt=12), 0, 0,
+                      torch.device("cpu"))
+    assert full.shape[1] > 12 and torch.equal(b.prompt, full[:, -12:])
+    b = igpo.roll_out(pol, tok, items, data.task_messages, small_cfg(task_ckpt, max_prompt=0), 0, 0,
+                      torch.device("cpu"))
+    assert torch.equal(b.prompt, full)

@@ -188,3 +188,43 @@ def test_entropy_filter_exact():
     assert torch.equal(inpaint.entropy_filter(ent, hint, tau=0.4), want)
 
 
+
+
+def _dataset_items(name):
+    """Real rows of each dataset the loaders support: ../shared/data (GSM8K, MATH) and the MetaMathQA fixture of
+    tests/test_hub_data.py (its GSM- and MATH-style rows), as data.py turns them into items."""
+    import data
+    if name.startswith("metamath"):
+        from test_hub_data import METAMATH
+        kind = "GSM_AnsAug" if name == "metamath-gsm" else "MATH_AnsAug"
+        items = [data._to_item("metamath", "train", i, r) for i, r in enumerate(METAMATH) if r["type"] == kind]
+        return [it for it in items if it]  # a row without "The answer is:" is skipped (None)
+    return [it for it in data.load_split(name, "train" if name != "math500" else "test")[:40]]
+
+
+@pytest.mark.parametrize("name", ["metamath-gsm", "metamath-math", "math", "math500", "gsm8k"])
+def test_hints_never_contain_the_final_answer_unless_reveal_last(name):
+    """Every chunk revealed (η = 1): the hint text holds no answer statement (a \\boxed, MetaMathQA's "####" or "The
+    answer is:"); MATH solutions box their answer mid-trace, before the response's own box. reveal_last on (O)
+    reveals the answer."""
+    import data
+    from conftest import build_tiny_tokenizer
+    tok = build_tiny_tokenizer()
+    items = _dataset_items(name)
+    assert items and all(it["solution"] for it in items)
+    boxed_in_trace = 0
+    for it in items:
+        text = data.format_response(it)
+        boxed_in_trace += "\\boxed" in it["solution"]
+        trace, start = inpaint.reference_trace(tok, text)
+        hints, mask, _ = inpaint.build_hints(trace, 2, len(trace) + 8, tok.mask_token_id, gen=gen(), s_min=3,
+                                             s_max=6, eta_low=1.0, eta_high=1.0, reserve=0, answer_start=start)
+        shown = tok.decode(hints[0][mask[0]])
+        assert shown and shown == tok.decode(trace[:start])  # every chunk before the answer, nothing after
+        for statement in ("\\boxed", "####", "The answer is:"):
+            assert statement not in shown, (name, it["id"], shown[-80:])
+        hints, mask, _ = inpaint.build_hints(trace, 2, len(trace) + 8, tok.mask_token_id, gen=gen(), s_min=3,
+                                             s_max=6, eta_low=1.0, eta_high=1.0, reserve=0, answer_start=start,
+                                             reveal_last=True)
+        assert f"\\boxed{{{it['answer']}}}" in tok.decode(hints[0][mask[0]])
+    assert boxed_in_trace > 0 if name in ("metamath-math", "math", "math500") else boxed_in_trace == 0

@@ -12,18 +12,55 @@ import sft
 
 
 @pytest.mark.parametrize("mod", [igpo, sft, ev])
-def test_every_config_field_has_help_text(mod):
+def test_every_config_field_has_help_text_and_every_number_a_domain(mod):
+    """A new Config field needs a comment; a numeric or tuple field also needs its domain ([lo, hi] ...) at the
+    comment's start, and a bool's comment says what on and off mean."""
     helps = launch.field_help(mod.Config)
     missing = [f.name for f in fields(mod.Config) if not helps.get(f.name)]
     assert not missing, f"{mod.__name__}.Config fields without a help comment: {missing}"
+    no_range = [f.name for f in fields(mod.Config) if f.type in (int, float, tuple) and not launch.domain(helps[f.name])]
+    assert not no_range, f"{mod.__name__}.Config numeric fields without a [lo, hi] domain: {no_range}"
+    vague = [f.name for f in fields(mod.Config) if f.type is bool and not ("on:" in helps[f.name]
+                                                                            and "off:" in helps[f.name])]
+    assert not vague, f"{mod.__name__}.Config bools whose comment does not say what on: and off: mean: {vague}"
+    for f in fields(mod.Config):  # every default (the paper's) lies in its own domain
+        rule = launch.domain(helps[f.name])
+        assert rule is None or rule[0](getattr(mod.Config(), f.name)), f.name
 
 
-def test_help_shows_the_preset_default_and_the_papers(capsys):
+def test_help_shows_whole_comments_on_off_and_the_official_values(capsys):
     with pytest.raises(SystemExit):
-        launch.parse_config(igpo.Config, igpo.PRESETS, ["--help"])
+        launch.parse_config(igpo.Config, igpo.PRESETS, ["--preset", "paper", "--help"], official=igpo.OFFICIAL)
     out = " ".join(capsys.readouterr().out.split())
-    assert "[default 0.0003; paper 5e-07]" in out  # --lr: the task preset's and the paper's
-    assert "[default 'token'; paper 'sequence_all']" in out
+    assert "[default 5e-07; paper 5e-07; official 5e-07]" in out  # --lr
+    assert "[default 'sequence_all'; paper 'sequence_all'; official 'sequence_all']" in out
+    assert "[default off; paper off; official on]" in out  # --reveal_last: P against O
+    assert "| sequence_all (O's use_gspo: mean over all gen_length positions)" in out  # a comment's last line
+    assert "0.2,0.6" in out  # --eta as a comma list
+    for name in igpo.OFFICIAL:
+        assert f"--{name} " in out
+
+
+@pytest.mark.parametrize("argv,flag", [(["--lam", "-0.5"], "--lam"), (["--tau", "0"], "--tau"),
+                                        (["--eta", "0.2,1.5"], "--eta"), (["--G", "1"], "--G"),
+                                        (["--ratio", "seq"], "--ratio"), (["--rescue", "hint"], "--rescue"),
+                                        (["--p_mask_prompt", "1"], "--p_mask_prompt")])
+def test_values_outside_a_domain_are_usage_errors_naming_the_flag(argv, flag, capsys):
+    with pytest.raises(SystemExit) as e:
+        launch.parse_config(igpo.Config, igpo.PRESETS, argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and f"error: {flag} " in err
+
+
+def test_domain_grammar():
+    check, label = launch.domain("(0, 1] keep the top fraction")
+    assert label == "(0, 1]" and check(1.0) and check(0.5) and not check(0.0) and not check(1.01)
+    check, _ = launch.domain("[1, inf) sizes lo,hi")
+    assert check((1, 5)) and not check((0, 5)) and check(10**9) and check(None)
+    check, _ = launch.domain('{""|prefix|dual} cache')
+    assert check("") and check("dual") and not check("full")
+    assert launch.domain("a path") is None
 
 
 @pytest.mark.parametrize("mod", [igpo, sft])
@@ -63,6 +100,34 @@ def test_data_order_is_a_permutation_per_epoch_and_world_size_free():
     assert order[:n] != order[n:2 * n]  # a new permutation each epoch (fails with probability 1/7!)
     parts = launch.data_order(n, 0, range(0, 10)) + launch.data_order(n, 0, range(10, 21))
     assert parts == order
+
+
+def test_linear_lr_matches_transformers_schedule_shifted_by_one_warmup_step():
+    """O's lr is HF's get_linear_schedule_with_warmup, which the optimizer reads after it steps: O's update k uses
+    lambda(k), so its first update has lr 0; ours uses lambda(k + 1) in warmup (declared in igpo.py), the same after."""
+    from transformers import get_linear_schedule_with_warmup
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=5e-7)
+    hf = get_linear_schedule_with_warmup(opt, num_warmup_steps=50, num_training_steps=9400).lr_lambdas[0]
+    for k in [0, 1, 48, 49]:
+        assert launch.lr_at(k, 9400, 5e-7, 50) == pytest.approx(5e-7 * hf(k + 1))
+    for k in [50, 51, 1000, 5000, 9399, 9400]:
+        assert launch.lr_at(k, 9400, 5e-7, 50) == pytest.approx(5e-7 * hf(k), abs=1e-18)
+    assert launch.lr_at(12000, 9400, 5e-7, 50) == 0.0  # past the horizon: 0, never negative
+
+
+def test_paper_preset_decays_the_lr_over_the_official_horizon(monkeypatch):
+    """--lr_epochs 10 (the paper preset): the horizon is 10 epochs of the prompts x mu optimizer steps (O: HF's
+    num_train_epochs 10), not --steps; the task preset decays over --steps."""
+    seen = {}
+    monkeypatch.setattr(launch, "lr_at", lambda step, total, *a, **k: seen.setdefault("total", total) and 1 / 0)
+    monkeypatch.setattr(igpo, "build", lambda *a, **k: 1 / 0)
+    for argv, want in ((["--preset", "paper", "--data", "task", "--model", "x"], math.ceil(10 * 2000 * 4 / 64)),
+                       (["--lr_epochs", "0"], 40), (["--lr_epochs", "1.5", "--max_prompts", "100"], 100 * 1.5 * 2 / 16)):
+        logs = []
+        monkeypatch.setattr("builtins.print", lambda *a, **k: logs.append(" ".join(map(str, a))))
+        with pytest.raises(ZeroDivisionError):
+            igpo.train(launch.parse_config(igpo.Config, igpo.PRESETS, argv))
+        assert any(f"the lr decays to 0 at step {math.ceil(want)}" in line for line in logs), logs[-3:]
 
 
 def test_lr_schedules_by_hand():

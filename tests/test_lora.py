@@ -206,7 +206,7 @@ def test_igpo_with_lora_trains_only_the_adapter_and_uses_the_base_as_reference(t
         moved = igpo.estimate_logps(pol, inputs, attn, b.comp, slice(0, 8))[0]
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
     assert not torch.allclose(moved, want)
-    def alternating(tok, completions, golds, cfg):  # a reward signal a random model cannot earn by itself
+    def alternating(tok, completions, *a, **k):  # a reward signal a random model cannot earn by itself
         correct = torch.tensor([3.0 * (i % 2) for i in range(len(completions))])
         return correct, correct
     monkeypatch.setattr(igpo, "rewards", alternating)

@@ -1,0 +1,71 @@
+"""Draw igpo.py runs side by side: on-policy accuracy, all-wrong share before and after the rescue, reward, KL,
+clip fraction and grad norm against the optimizer step, one line per run (or per group of runs: the mean).
+
+Run:  python experiments/plot_runs.py runs/igpo-task runs/my-ablation --out compare.png
+      python experiments/plot_runs.py "igpo=runs/claim-runs/task-ext1/igpo-seed*" \
+                                      "grpo=runs/claim-runs/task-ext1/grpo-seed*" --out ext1.png
+An argument is a run directory (it holds metrics.jsonl), a glob of them, or NAME=GLOB: the runs a glob matches are
+drawn as their mean per step (a band from min to max). Needs matplotlib (experiment-only: pip install matplotlib).
+"""
+import argparse
+import glob
+import json
+import os
+import statistics
+
+PANELS = [("acc", "on-policy accuracy (correct rollouts)"), ("all_wrong_before", "all-wrong share before rescue"),
+          ("all_wrong_after", "all-wrong share after rescue"), ("reward", "mean reward"),
+          ("kl", "k3 KL to the reference (kept tokens)"), ("clip_frac", "clipped fraction (kept tokens)"),
+          ("grad_norm", "grad norm before clipping")]
+
+
+def series(run_dir, key):
+    """{step: value} of one metrics key (rollout-batch keys appear every mu steps, update keys every step)."""
+    rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    return {r["step"]: r[key] for r in rows if key in r}
+
+
+def groups(args):
+    """[(label, [run dirs])] from the command line."""
+    out = []
+    for arg in args:
+        name, _, pattern = arg.rpartition("=") if "=" in arg else ("", "", arg)
+        dirs = sorted(d for d in glob.glob(pattern) if os.path.exists(os.path.join(d, "metrics.jsonl")))
+        if not dirs:
+            raise SystemExit(f"{arg}: no run directory with a metrics.jsonl")
+        out.append((name or (dirs[0] if len(dirs) == 1 else pattern), dirs))
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("runs", nargs="+", help="run directories, globs, or NAME=GLOB")
+    p.add_argument("--out", default="runs/compare.png", help="the PNG to write")
+    a = p.parse_args()
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(2, 4, figsize=(18, 8))
+    for label, dirs in groups(a.runs):
+        for ax, (key, title) in zip(axes.flat, PANELS):
+            per_run = [series(d, key) for d in dirs]
+            steps = sorted(set.intersection(*(set(s) for s in per_run)))
+            if not steps:
+                continue
+            ys = [[s[t] for s in per_run] for t in steps]
+            line, = ax.plot(steps, [statistics.mean(y) for y in ys], label=f"{label} ({len(dirs)})")
+            if len(dirs) > 1:
+                ax.fill_between(steps, [min(y) for y in ys], [max(y) for y in ys], color=line.get_color(), alpha=0.15)
+            ax.set_title(title, fontsize=10)
+            ax.set_xlabel("optimizer step")
+    axes.flat[-1].axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    axes.flat[-1].legend(handles, labels, loc="center", fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
+    fig.savefig(a.out, dpi=90)
+    print(f"-> {a.out}")
+
+
+if __name__ == "__main__":
+    main()
