@@ -15,7 +15,7 @@ holds PRM800K's 12000-problem train split (MATH train + 4500 MATH test problems 
 2. GSM8K traces drop the `<<48/2=24>>` calculator annotations (as d1/IGPO SFT data do).
 3. MetaMathQA: a response without "The answer is:" is skipped with a warning (official: the whole response, or
 the text after "####", becomes the gold answer). The trace is the response before that line.
-Use: `items = load_split("gsm8k", "test")`; `python data.py` prints the counts and one prompt per benchmark.
+Use: `items = load_split("gsm8k", "test")`.
 """
 import json
 import re
@@ -279,13 +279,10 @@ TASK_LEVEL_TEST = 1000          # problems in a level's test set (test_seed draw
 
 def task_share(name):
     """The out-of-range share s of a task data name: 'task' -> 0.0, 'task-ext0.5' -> 0.5; ValueError otherwise."""
-    try:
-        share = 0.0 if name == "task" else float(name.removeprefix("task-ext")) if name.startswith("task-ext") else -1
-    except ValueError:
-        share = -1
-    if not 0 <= share <= 1:
+    m = re.fullmatch(r"task(-ext(\d*\.?\d+))?", name)
+    if not m or float(m[2] or 0) > 1:
         raise ValueError(f"{name!r}: expected task or task-ext<share in [0, 1]>")
-    return share
+    return float(m[2] or 0)
 
 
 def _task_draw(n, seed, lengths, out_of_range, exclude, distinct, tag):
@@ -371,10 +368,3 @@ def task_tokenizer():
     t.chat_template = LLADA_CHAT_TEMPLATE
     return t
 
-
-if __name__ == "__main__":
-    for name, split in [("gsm8k", "test"), ("math500", "test"), ("math", "train"), ("amc23", "test"),
-                        ("aime24", "test")]:
-        items = load_split(name, split)
-        print(f"{name}/{split}: {len(items)} items; first: {json.dumps(items[0])[:160]}...")
-    print(build_messages("What is 1+1?"))

@@ -3,54 +3,43 @@
 GRPO on a dLLM wastes every group whose G rollouts are all wrong: their advantages r - mean(r) are zero, so is
 their gradient. IGPO re-samples such a group with chunks of the ground-truth reasoning trace fixed in the canvas
 (inpainting: the diffusion sampler fills in around them), keeps the inpainted rollouts that verify as correct,
-and lets them replace up to ⌊λG⌋ of the wrong ones. The group now has reward variance and a learning signal.
-Hint tokens are off-policy, so only the top-τ of them by the old policy's entropy stay in the loss (entropy
-filter). One rollout batch = `make_batch`, four phases, each a function below with the same name:
+and lets them replace up to ⌊λG⌋ of the wrong ones. Hint tokens are off-policy, so only the top-τ of them by the
+old policy's entropy stay in the loss (entropy filter). One rollout batch = `make_batch`, four phases:
   1. roll_out           G completions per prompt, rewarded (correctness + format)
-  2. rescue             all_wrong groups -> inpaint_groups (hints fixed in the sampler's canvas) -> verify ->
-                        pick_replacements -> replacement rows          (--rescue hints | resample | off)
-  3. group_advantages   A_i = r_i - mean_group(r)
+  2. rescue             all_wrong groups -> inpaint_groups (hints fixed in the canvas; inpaint.py, sample.py) ->
+                        verify -> pick_replacements. --rescue hints (IGPO) | resample (the sample-matched
+                        baseline: G re-samples without hints) | off (GRPO)
+  3. group_advantages   A_i = r_i - mean_group(r) (P, O: no std division, also for GRPO)
   4. old_logps          old-policy log-probs and entropies, reference log-probs, for the μ iterations
 then μ optimizer steps of `update`: entropy filter (the `keep` mask) -> clipped surrogate + k3 KL (`grpo_loss`).
-With --ratio sequence_all (the official run's GSPO ratio, the paper preset) a sequence's ratio averages over all
-its positions, so tokens the filter drops still shape the ratio of the kept ones; --ratio token keeps them out.
-One flag says what happens to an all-wrong group: `--rescue hints` (IGPO), `resample` (the sample-matched
-baseline: the same G extra rollouts, no hints) or `off` (GRPO; its advantage is the paper's and the official code's
-mean-only r - mean(r), no std division).
+Log-probs (d1's estimator, as O): the completion is fully masked (prompt tokens with probability p_mask_prompt,
+seeded per iteration) and log π(y_k) is read off one forward at position k; old, reference and current policy
+see the same input in iteration j. With --ratio sequence_all (O's GSPO ratio, the paper preset) a sequence's
+ratio averages over all its positions, so tokens the filter drops still shape the ratio of the kept ones.
 
-Log-probs (d1's one-step estimator, as in the official code): the completion is fully masked, each prompt token
-is masked with probability p_mask_prompt under a per-iteration seed, and log π(y_k) is read off one forward at
-completion position k. Old, reference and current policy see the same masked input in iteration j.
-
-Behaves differently from the paper (P) or the official code (O); each flag's `--help` shows both values:
+Behaves differently from the paper (P) or the official code (O); each flag's --help shows both values:
   --reveal_last  P: hints never contain the final answer. O always reveals the trace's last chunk, answer included.
   --post_eos     P: tokens after the first EOS are in neither the loss nor the reward's text. O keeps all gen_length.
   --stretch      P: hints sit at their index in the trace. O stretches their positions (inpaint.py).
-  --logp         d1 (P, O). trajectory: each token scored in the canvas the sampler committed it in (TraceRL).
+  --logp         d1 (P, O) | trajectory: each token scored in the canvas the sampler committed it in (TraceRL).
   --reward_rule  official (O: the first \\boxed, none = 0; the paper preset) | lenient (eval.py's extraction).
-  --loss_norm    group (O, paper preset): each group's mean over its kept tokens, then the mean over groups (O: one
-                 group per device micro-batch) | token: one mean over the kept tokens of the global batch.
+  --loss_norm    group (O): each group's mean over its kept tokens, then the mean over groups | token: one mean
+                 over the kept tokens of the global batch (the task preset).
   --lr_epochs    O's lr decays linearly to 0 over its whole run, 10 epochs (~9.4K steps); 0 = over --steps.
   --max_prompt   O keeps the last 600 prompt tokens; 0 = no limit.
-Declared, no flag: (1) prompt: O's instruction is a plain Python string, so the model reads a backspace and "oxed"
-where we send \\boxed (data.SYSTEM_PROMPT). (2) hint source: the item's trace in the response format, cut before
-its first \\boxed; O: "<reasoning>\\n" + the raw MetaMathQA response ("#### N", "The answer is: N" included).
-(3) log-probs and entropies come from fp32 logits (O: bf16, whose entropies tie often; O's topk then keeps an
-arbitrary one of tied hint tokens). (4) HF's warmup gives O's first update lr 0; ours gets lr / warmup.
-Notes (same values up to float rounding, different bookkeeping):
-  - Rows whose masked input is identical (every rollout of a prompt when p_mask_prompt = 0) share one forward in
-    the log-prob computation: G times fewer forwards.
-  - Every rank samples the same number of inpainted rows (padding with discarded rows), so FSDP's collectives
-    line up; seeds use global indices, so rollouts and hints do not depend on the world size.
-Resume (`--resume on`): a checkpoint (out_dir/step-N, named by out_dir/latest) holds the policy, the optimizer, the
-step and the config; every random draw (data order, rollouts, hints, picks, log-prob masks, LoRA dropout) is
-seeded by (seed, step or batch, row) through launch.seed, so the step alone restores every stream and no RNG
-state is saved. Checkpoints fall between rollout batches (save_every is a multiple of mu), so the batch in flight
-is never needed; SIGTERM ends the current rollout batch (its remaining steps reuse rollouts already paid for), saves,
-and exits 0. The reference is reloaded from --model, whose fingerprint must match the checkpoint's.
+Declared, no flag: (1) O's instruction is a plain Python string, so its model reads a backspace and "oxed" where
+we send \\boxed (data.SYSTEM_PROMPT). (2) Hint source: the trace in the response format, cut before its first
+\\boxed; O: "<reasoning>\\n" + the raw MetaMathQA response ("#### N", "The answer is: N" included). (3) Log-probs
+and entropies come from fp32 logits (O: bf16, whose entropies often tie; O's topk keeps an arbitrary one). (4)
+HF's warmup gives O's first update lr 0; ours gets lr / warmup.
+Notes (same values up to float rounding): rows with identical log-prob inputs (every rollout of a prompt when
+p_mask_prompt = 0) share one forward; every rank samples as many inpainted rows as the busiest (padding), so
+FSDP's collectives line up; seeds use global indices, so no draw depends on the world size.
+Resume (--resume on): every random draw is seeded by (seed, step or batch, row) (launch.seed), so a checkpoint
+(policy, optimizer, step) restores every stream; SIGTERM finishes the rollout batch, saves and exits 0.
 Launch:  python igpo.py                                    # embedded task, tiny LLaDA, 2 CPU cores, ~3-10 min
-         torchrun --nproc_per_node=8 igpo.py --preset paper --model PATH_TO_SFT_CHECKPOINT
          python igpo.py --rescue off                       # GRPO;  --rescue resample: the sample-matched baseline
+         torchrun --nproc_per_node=8 igpo.py --preset paper --model PATH_TO_SFT_CHECKPOINT
 Shapes: B rollouts on this rank (= prompts x G), G group, P prompt length, L gen_length, V vocab.
 """
 import contextlib
@@ -525,9 +514,6 @@ def build(cfg, device, ckpt=None):
             raise SystemExit(f"{cfg.model} is missing: run `python sft.py` once before torchrun")
         print(f"{cfg.model} is missing: training it with sft.py's task preset first")
         sft.train(sft.parse_config(["--out_dir", cfg.model]))
-    if not os.path.exists(cfg.model) and looks_local(cfg.model):
-        raise SystemExit(f"--model {cfg.model}: no such directory (the task model is made by `python sft.py "
-                         f"--out_dir {cfg.model}`)")
     state = launch.resume_state(ckpt, cfg.model)  # refuses a --model whose weights changed since the checkpoint
     policy, tok = launch.load_model(ckpt if ckpt and not cfg.lora_rank else cfg.model, device=device)
     if ckpt and cfg.lora_rank:
@@ -541,11 +527,6 @@ def build(cfg, device, ckpt=None):
     return policy, ref, tok, state
 
 
-def looks_local(path):
-    """A path rather than a hub id (owner/name): relative or absolute, or its first folder exists here."""
-    return path.startswith((".", "/", "~")) or path.count("/") != 1 or os.path.isdir(path.split("/")[0])
-
-
 def check_config(cfg, world):
     """Flag combinations that cannot run are usage errors at start-up, before any model is loaded."""
     blocks = max(1, cfg.gen_length // cfg.block_length)
@@ -557,8 +538,8 @@ def check_config(cfg, world):
         (cfg.gen_length % cfg.block_length, f"--gen_length {cfg.gen_length} not a multiple of --block_length"),
         (cfg.diffusion_steps % blocks, f"--diffusion_steps {cfg.diffusion_steps} not divisible by {blocks} blocks"),
         (len(cfg.eta) != 2 or cfg.eta[0] > cfg.eta[1], f"--eta {cfg.eta}: two values lo,hi with lo <= hi"),
-        (len(cfg.chunk) != 2 or cfg.chunk[0] > cfg.chunk[1], f"--chunk {cfg.chunk}: two sizes lo,hi with lo <= hi"),
-        (len(cfg.betas) != 2, f"--betas {cfg.betas}: two values")] if bad])
+        (len(cfg.chunk) != 2 or cfg.chunk[0] > cfg.chunk[1], f"--chunk {cfg.chunk}: two sizes lo,hi with lo <= hi")]
+        if bad])
 
 
 def train(cfg):
@@ -633,11 +614,11 @@ def train(cfg):
             res = run_eval(policy, tok, cfg, step + 1, metrics_f, log)  # before the save: a resume redoes both
         stop = launch.stop_requested(device) and (step + 1) % cfg.mu == 0  # SIGTERM: at the end of the batch
         state["step"] = step + 1
+        files = {"igpo_config.json": asdict(cfg), "trainer_state.json": state}  # atomic; `latest` names it last
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or stop or (last and cfg.save_last == "full"):
-            save(policy, opt, tok, cfg, state)
-        elif last and cfg.save_last == "model":
-            launch.save_checkpoint(policy, tok, os.path.join(cfg.out_dir, "final"),
-                                   extra_files={"igpo_config.json": asdict(cfg), "trainer_state.json": state})
+            launch.save_checkpoint(policy, tok, os.path.join(cfg.out_dir, f"step-{step + 1}"), files, opt, cfg.keep_last)
+        elif last and cfg.save_last == "model":  # the policy alone, not resumable, not named by `latest`
+            launch.save_checkpoint(policy, tok, os.path.join(cfg.out_dir, "final"), files)
         if stop:
             log(f"SIGTERM: stopped after step {step + 1}, checkpoint saved; --resume on continues from it")
             break
@@ -662,14 +643,6 @@ def run_eval(policy, tok, cfg, step, metrics_f, log):
         metrics_f.write(json.dumps(dict(step=step, eval=res)) + "\n")
         metrics_f.flush()
     return res
-
-
-def save(policy, opt, tok, cfg, state):
-    """Checkpoint out_dir/step-N: the policy (HF format), optimizer, run state and config, written atomically,
-    then named by out_dir/latest; only the newest keep_last stay (launch.save_checkpoint)."""
-    launch.save_checkpoint(policy, tok, os.path.join(cfg.out_dir, f"step-{state['step']}"), opt=opt,
-                           keep_last=cfg.keep_last,
-                           extra_files={"igpo_config.json": asdict(cfg), "trainer_state.json": state})
 
 
 # ------------------------------------------------------------------------------------ metrics (kept out of the

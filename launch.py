@@ -325,6 +325,8 @@ def load_model(path, **kw):
     """model.load, with unreadable input (no such directory, a truncated safetensors file, a config.json of another
     architecture) as one line naming the path and the problem."""
     from safetensors import SafetensorError
+    if not os.path.exists(path) and (path.startswith((".", "/", "~")) or path.count("/") != 1):  # not owner/name
+        raise SystemExit(f"{path}: cannot load a LLaDA checkpoint: no such directory")
     try:
         return M.load(path, **kw)
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
