@@ -66,16 +66,14 @@ import sft
 @dataclass
 class Config:  # a comment starting with [lo, hi] or {a|b} is the field's domain, checked at start-up (launch.domain)
     model: str = "GSAI-ML/LLaDA-8B-Instruct"  # initial policy (HF dir or hub id; P starts from the SFT model)
-    data: str = "metamath"             # training prompts: metamath (O) | math (MATH train) | gsm8k | x.jsonl | task
-                                       # (embedded) | task-ext<share> (a difficulty level, data.task_level)
+    data: str = "metamath"             # prompts: metamath (O) | math | gsm8k | x.jsonl | task | task-ext<share>
     max_prompts: int = 0               # [0, inf) train on the first N prompts only (0 = all; bench/overfit.py: 16)
     out_dir: str = "runs/igpo"         # metrics.jsonl, config.json, checkpoints
     steps: int = 1000                  # [1, inf) optimizer steps = rollout batches x mu
     prompts_per_step: int = 64         # [1, inf) prompts per rollout batch, global (any world size)
     G: int = 8                         # [2, inf) rollouts per prompt (P, O)
     micro_batch: int = 8               # [1, inf) rows per forward/backward on a rank (memory only; same update)
-    max_prompt: int = 600              # [0, inf) prompt tokens kept, the last ones (O: max_prompt_length 600, left
-                                       # truncation); 0 = all
+    max_prompt: int = 600              # [0, inf) prompt tokens kept, the last ones (O: 600); 0 = all
     gen_length: int = 256              # [1, inf) new tokens per rollout (O)
     block_length: int = 32             # [1, inf) semi-autoregressive block (O)
     diffusion_steps: int = 128         # [1, inf) denoising steps per rollout (O)
@@ -87,39 +85,33 @@ class Config:  # a comment starting with [lo, hi] or {a|b} is the field's domain
                                        # sample-matched baseline (G re-samples without hints), off = GRPO
     eta: tuple = (0.2, 0.6)            # [0, 1] hint ratio range lo,hi: eta ~ U[lo, hi] per hinted rollout (P, O)
     chunk: tuple = (5, 10)             # [1, inf) hint chunk sizes lo,hi in tokens, inclusive (O)
-    lam: float = 0.5                   # [0, 1] replace at most floor(lam * G) wrong rollouts per group (P: λ; O: 4)
+    lam: float = 0.5                   # [0, 1] replace at most floor(lam * G) wrong rollouts per group (O: 4 of 8)
     tau: float = 0.2                   # (0, 1] keep the top-tau fraction of hint tokens by entropy (P, O)
     stretch: bool = False              # on: O's stretched hint placement; off: P's placement at the trace index
     rechunk: bool = True               # on: each hinted rollout chunks the trace anew (O); off: once per group
     reserve: int = 30                  # [0, inf) last positions of the window never hinted (O)
-    reveal_last: bool = False          # on: O, the trace's last chunk is always revealed, final answer included;
-                                       # off: P, hints never contain the final answer
+    reveal_last: bool = False          # on: O, the trace's last chunk (the answer) is always shown; off: P, never
     mu: int = 4                        # [1, inf) inner updates per rollout batch (O: num_iterations)
     eps: float = 0.2                   # (0, 1) clip range of the ratio (P, O)
     beta: float = 0.01                 # [0, inf) k3 KL weight to the reference policy; 0 = no reference (O: 0.01)
     ratio: str = "sequence_all"        # {token|sequence|sequence_all} importance ratio: token | sequence (GSPO,
                                        # mean log-ratio over kept tokens) | sequence_all (O's use_gspo: mean over
                                        # all gen_length positions)
-    loss_norm: str = "group"           # {token|group} token: mean over the kept tokens of the global batch; group:
-                                       # O, mean over each group's kept tokens, then over the groups
-    logp: str = "d1"                   # {d1|trajectory} log-prob estimator: d1 (P, O: completion fully masked) |
-                                       # trajectory (each token scored in the canvas the sampler committed it in)
+    loss_norm: str = "group"           # {token|group} mean over the kept tokens: of the batch | of each group (O)
+    logp: str = "d1"                   # {d1|trajectory} log-prob estimator (d1: P, O; see the docstring)
     logp_group: int = 1                # [1, inf) trajectory: sampler steps scored per forward (a block's = block TF)
     p_mask_prompt: float = 0.0         # [0, 1) prompt-token mask probability in the log-prob forward (d1 option)
-    post_eos: bool = False             # on: O, tokens after the first EOS are in the loss and the reward's text (O
-                                       # decodes all gen_length tokens); off: P, both stop at the first EOS
+    post_eos: bool = False             # on: O, tokens after the first EOS in the loss and reward; off: P, neither
     lr: float = 5e-7                   # [0, inf) AdamW peak lr, after a linear warmup, then linear decay (O)
-    lr_epochs: float = 10.0            # [0, inf) the lr decays to 0 over this many epochs of the prompts x mu
-                                       # optimizer steps (O: HF's linear schedule over num_train_epochs 10, ~9.4K
-                                       # steps on MetaMathQA); 0 = over --steps
+    lr_epochs: float = 10.0            # [0, inf) the lr reaches 0 after this many epochs of prompts x mu (O: 10,
+                                       # HF's linear schedule, ~9.4K steps on MetaMathQA); 0 = at --steps
     betas: tuple = (0.9, 0.99)         # [0, 1) AdamW betas (O)
     weight_decay: float = 0.1          # [0, inf) AdamW weight decay (O)
     grad_clip: float = 0.2             # (0, inf) max global grad norm (O)
     warmup: int = 50                   # [0, inf) linear lr warmup, optimizer steps (O)
     correct_weight: float = 3.0        # [0, inf) correctness reward (O)
     format_weight: float = 1.0         # [0, inf) scale of reward.format_reward (O: 0.125 per tag + 0.25 for \boxed)
-    reward_rule: str = "official"      # {official|lenient} correctness: official (O: first \boxed, 0 without) |
-                                       # lenient (eval.py's extraction: last box, <answer>, last number)
+    reward_rule: str = "official"      # {official|lenient} correctness: O's first \boxed | eval.py's extraction
     lora_rank: int = 128               # [0, inf) LoRA rank on the block projections (O: 128); 0 = full fine-tuning
     lora_alpha: float = 64.0           # (0, inf) LoRA scale alpha / rank (O: 64)
     lora_dropout: float = 0.05         # [0, 1) dropout on the adapter's input (O)
@@ -128,13 +120,11 @@ class Config:  # a comment starting with [lo, hi] or {a|b} is the field's domain
     grad_ckpt: bool = True             # on: activation checkpointing per block (needed at 8B); off: none
     seed: int = 3                      # [0, inf) data order, rollouts, hints, mask seeds (O: 3)
     save_every: int = 100              # [0, inf) optimizer steps between checkpoints (0 = none but the last)
-    save_last: str = "full"            # {full|model|off} after the last step: full (resumable step-N: policy +
-                                       # optimizer) | model (the policy alone, out_dir/final) | off
+    save_last: str = "full"            # {full|model|off} at the end: step-N (resumable) | out_dir/final | none
     eval_every: int = 0                # [0, inf) optimizer steps between evaluations; 0 = only at the end
     eval_limit: int = 200              # [0, inf) test problems per evaluation; 0 = no evaluation
     eval_start: bool = True            # on: also evaluate the initial policy before the first step; off: not
-    resume: bool = False               # on: continue from the checkpoint out_dir/latest names (a fresh start if
-                                       # none); off: start fresh
+    resume: bool = False               # on: continue from out_dir/latest (if any); off: start fresh
     keep_last: int = 3                 # [0, inf) step-N checkpoints kept in out_dir, the newest (0 = all)
     max_bad_steps: int = 3             # [1, inf) non-finite steps are skipped; this many in a row stop the run
     dist_timeout: int = 1800           # [1, inf) seconds a collective may wait (a dead or hung rank) before all fail

@@ -50,6 +50,7 @@ ARMS = {  # name -> igpo.py flags on top of the task preset; adding an arm is on
     "igpo": ["--rescue", "hints"],                   # IGPO (the task preset)
     "igpo_full_hints": ["--eta", "1,1"],             # every chunk of the reference trace revealed
     "igpo_no_filter": ["--tau", "1"],                # every hint token in the loss (no entropy filter)
+    "igpo_no_cap": ["--lam", "1"],                   # every verified inpainted rollout replaces a wrong one
     "igpo_prefix_cache": ["--fast_cache", "prefix"],  # rollouts with Fast-dLLM's prefix KV cache
     "igpo_dual_cache": ["--fast_cache", "dual"],     # rollouts with the dual (prefix + suffix) KV cache
 }
@@ -186,8 +187,10 @@ def level_section(level, runs, start, test_seed):
             "all-wrong before", "all-wrong after", "rollouts / prompt-rollout", "on-policy acc 1st half",
             "2nd half"]
     lv, std = start["tests"][f"level@{test_seed}"], start["tests"]["task"]
-    lines = [f"## Level {level_name(level)}\n", f"Start: all-wrong share {start['all_wrong']:.3f} on "
-             f"{start['prompts']} RL prompts (rollout pass rate {start['pass_rate']:.3f}).\n",
+    lines = [f"## Level {level_name(level)}\n", f"Start: all-wrong share {start['all_wrong']:.3f} on the level's "
+             f"first {start['prompts']} RL prompts of seed 0's order, G = 8 (rollout pass rate {start['pass_rate']:.3f};"
+             f" the dose-response's x). The table's all-wrong shares are a run's mean over its rollout batches, "
+             f"as the policy learns.\n",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
              f"| SFT start | | {lv['accuracy']:.3f} | " + " | ".join(f"{lv['by_range'].get(k[6:], 0):.3f}"
                                                                for k in ranges)
