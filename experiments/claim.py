@@ -156,7 +156,10 @@ def run_stats(run, test_seed):
                aw_after=statistics.mean(r["all_wrong_after"] for r in batches),
                spent=statistics.mean(r["spent"] for r in batches),
                acc_first=statistics.mean(r["acc"] for r in batches[:half]),
-               acc_last=statistics.mean(r["acc"] for r in batches[-half:]))
+               acc_last=statistics.mean(r["acc"] for r in batches[-half:]),
+               rollout_s=statistics.mean(r["t_rollout"] + r["t_inpaint"] for r in batches),
+               kl=statistics.mean(r["kl"] for r in run["rows"] if "kl" in r),
+               clip=statistics.mean(r["clip_frac"] for r in run["rows"] if "clip_frac" in r))
     out.update({f"range_{k}": v for k, v in lv["by_range"].items()})
     return out
 
@@ -185,7 +188,7 @@ def level_section(level, runs, start, test_seed):
     ranges = sorted({k for st in stats.values() for s in st for k in s if k.startswith("range_")})
     head = ["arm", "seeds", "level test", *[RANGE_NAMES[k[6:]] for k in ranges], "standard test",
             "all-wrong before", "all-wrong after", "rollouts / prompt-rollout", "on-policy acc 1st half",
-            "2nd half"]
+            "2nd half", "rollout s / batch", "KL", "clip frac"]
     lv, std = start["tests"][f"level@{test_seed}"], start["tests"]["task"]
     lines = [f"## Level {level_name(level)}\n", f"Start: all-wrong share {start['all_wrong']:.3f} on the level's "
              f"first {start['prompts']} RL prompts of seed 0's order, G = 8 (rollout pass rate {start['pass_rate']:.3f};"
@@ -194,8 +197,9 @@ def level_section(level, runs, start, test_seed):
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
              f"| SFT start | | {lv['accuracy']:.3f} | " + " | ".join(f"{lv['by_range'].get(k[6:], 0):.3f}"
                                                                for k in ranges)
-             + f" | {std['accuracy']:.3f} | {start['all_wrong']:.3f} | | | | |"]
-    cols = ["test", *ranges, "std_test", "aw_before", "aw_after", "spent", "acc_first", "acc_last"]
+             + f" | {std['accuracy']:.3f} | {start['all_wrong']:.3f} | | | | | | | |"]
+    cols = ["test", *ranges, "std_test", "aw_before", "aw_after", "spent", "acc_first", "acc_last", "rollout_s", "kl",
+            "clip"]
     for a, st in stats.items():
         lines.append(f"| {a} | {len(st)} | " + " | ".join(mean_std([s.get(c, 0.0) for s in st]) for c in cols) + " |")
     acc = {(r["arm"], r["seed"]): run_stats(r, test_seed) for r in runs}
@@ -302,7 +306,9 @@ def write(args, res, quiet=False):
             f"{args.parallel} runs at a time, 1 thread each). Init `{res['model']}`. Test seed {ts}: level test = "
             f"{data.TASK_LEVEL_TEST if not args.quick else 20} problems of the level's distribution drawn with it; "
             f"standard test = the task's 500-problem test split. Greedy pass@1 after the last step; mean ± std over "
-            f"seeds. Rollouts / prompt-rollout: rollouts sampled (re-sampled included) per on-policy rollout.\n"]
+            f"seeds. Rollouts / prompt-rollout: rollouts sampled (re-sampled included) per on-policy rollout. "
+            f"Rollout s / batch: wall seconds of a rollout batch's sampling (rescue included), 2 runs sharing 2 "
+            f"cores. KL, clip frac: means over the optimizer steps (kept tokens).\n"]
     for lv in levels:
         text.append(level_section(lv, [r for r in res["results"] if r["level"] == lv], starts[lv], ts))
         if has_plot:
