@@ -118,7 +118,7 @@ def generate(model, prompt_ids, *, gen_length, block_length, steps, temperature=
     """prompt_ids (B, P) -> (B, P + L). attention_mask (B, P): key padding of a left-padded prompt batch; None is
     the no-mask mode of the reference runs. hints (B, L): hint ids, mask id elsewhere. generator: a
     torch.Generator or a list of B of them. return_steps: also return (B, L) int, the step b * steps_per_block + i
-    at which each generated token was committed (fast mode: steps_per_block = block_length; -1 for hints; with
+    at which each generated token was committed (with a threshold: steps_per_block = block_length; -1 for hints; with
     early exit, the positions still masked when the row left hold that step). early_exit: see the module
     docstring; stop_ids: the ids that end a row (default: EOS only; pass EOS and <|eot_id|> when the reader of
     the output cuts at either). threshold, cache: fast mode (module docstring); None, None is LLaDA's sampler.

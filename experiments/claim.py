@@ -140,8 +140,9 @@ def start_row(level, args):
     tests = score(args.model, level, args.test_seed, args, out_dir)
     m, tok = M.load(args.model)
     prompts = 16 if args.quick else args.start_prompts
-    pass_rate, wrong, _ = levels.measure(m, tok, level_name(level), prompts, 0, "off", args.extra)
-    return dict(level=level, tests=tests, pass_rate=pass_rate, all_wrong=wrong / prompts, prompts=prompts)
+    got = levels.measure(m, tok, level_name(level), prompts, 0, "off", args.extra)
+    return dict(level=level, tests=tests, pass_rate=got["pass_rate"], all_wrong=got["all_wrong"] / prompts,
+                prompts=prompts)
 
 
 # ----------------------------------------------------------------------------------------------- the tables

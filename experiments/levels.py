@@ -14,6 +14,7 @@ experiments/results/levels.md).
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -29,21 +30,48 @@ import model as M  # noqa: E402
 
 
 def measure(m, tok, name, n_prompts, seed, rescue, extra=()):
-    """(pass rate, all-wrong groups, rescued groups) over the first n_prompts of the level's seeded data order:
-    igpo.py's first n_prompts / prompts_per_step rollout batches under the task preset (+ extra igpo.py flags)."""
+    """Over the first n_prompts of the level's seeded data order (igpo.py's first rollout batches under the task
+    preset + extra igpo.py flags): {pass_rate, all_wrong (groups), rescued (groups with a replacement), sound:
+    [sound, verified] for the correct on-policy rollouts and for the rollouts chosen as replacements}."""
     cfg = launch.parse_config(igpo.Config, igpo.PRESETS, ["--data", name, "--seed", str(seed), "--rescue", rescue,
                                                           *extra])
     items, messages = data.rl_prompts(name)
-    passed = wrong = rescued = 0
+    out = dict(passed=0, all_wrong=0, rescued=0, sound_policy=[0, 0], sound_replaced=[0, 0])
     for k in range(n_prompts // cfg.prompts_per_step):
         mine, first = igpo.batch_items(items, k, cfg, 0, 1)
         b = igpo.roll_out(m, tok, mine, messages, cfg, k, first, torch.device("cpu"))
-        passed += int((b.correct > 0).sum())
-        wrong += int(igpo.all_wrong(b.correct, cfg.G).sum())
+        out["passed"] += int((b.correct > 0).sum())
+        out["all_wrong"] += int(igpo.all_wrong(b.correct, cfg.G).sum())
+        for r in (b.correct > 0).nonzero().squeeze(1).tolist():
+            out["sound_policy"][0] += sound(mine[r // cfg.G]["question"], tok.decode(b.comp[r]))
+            out["sound_policy"][1] += 1
         if rescue != "off":
-            rows, *_, correct, _, _ = igpo.rescue(m, tok, mine, b, cfg, first)
-            rescued += len(set((rows[correct > 0] // cfg.G).tolist()))
-    return passed / (n_prompts * cfg.G), wrong, rescued
+            rows, comp, _, correct, _, _ = igpo.rescue(m, tok, mine, b, cfg, first)
+            out["rescued"] += len(set((rows // cfg.G).tolist()))
+            for r, c in zip(rows.tolist(), comp):
+                out["sound_replaced"][0] += sound(mine[r // cfg.G]["question"], tok.decode(c))
+                out["sound_replaced"][1] += 1
+    out["pass_rate"] = out.pop("passed") / (n_prompts * cfg.G)
+    return out
+
+
+OPS = {"gets": "+", "finds": "+", "loses": "-", "gives": "-"}
+
+
+def sound(question, text):
+    """Whether a completion's reasoning is right step by step: one line per operation of the question, line k
+    'ordinal: a op n=c' with a the previous value (the start for k = 1), op and n the question's k-th operation and
+    c = a op n. The reward checks only the boxed answer, which a hint can reveal (the last line's result)."""
+    value = int(re.search(r"has (\d+)", question)[1])
+    ops = [(OPS[verb], int(n)) for verb, n in re.findall(r"(gets|finds|loses|gives) (\d+)", question)]
+    lines = re.findall(r"(\d+)\s*([+-])\s*(\d+)\s*=\s*(\d+)", text.split("</reasoning>")[0])
+    if len(lines) != len(ops):
+        return False
+    for (a, op, n, c), (op_q, n_q) in zip(lines, ops):
+        if int(a) != value or op != op_q or int(n) != n_q or int(c) != (value + n_q if op == "+" else value - n_q):
+            return False
+        value = int(c)
+    return True
 
 
 def main():
@@ -59,17 +87,14 @@ def main():
     rows, t0 = [], time.time()
     for s in args.levels.split(","):
         name = f"task-ext{s}"
-        acc, wrong, hinted = measure(m, tok, name, args.prompts, args.seed, "hints")
-        _, wrong2, resampled = measure(m, tok, name, args.prompts, args.seed, "resample")
-        assert wrong2 == wrong  # the same on-policy rollouts: only the rescue differs
+        hinted = measure(m, tok, name, args.prompts, args.seed, "hints")
+        resampled = measure(m, tok, name, args.prompts, args.seed, "resample")
+        assert resampled["all_wrong"] == hinted["all_wrong"]  # the same on-policy rollouts: only the rescue differs
         test = E.evaluate(m, tok, data.task_level(name, "test"), E.protocol("task"), messages=data.task_messages,
                           batch_size=128)
-        groups = args.prompts
-        rows.append(dict(level=name, share=float(s), pass_rate=acc, all_wrong=wrong / groups, groups=groups,
-                         rescued_hints=hinted, rescued_resample=resampled, test_greedy=test["accuracy"]))
-        r = rows[-1]
-        print(f"{name}: pass {acc:.3f}, all-wrong {wrong}/{groups} = {wrong / groups:.3f}, rescued with hints "
-              f"{hinted}, without {resampled}; level test greedy {test['accuracy']:.3f}", flush=True)
+        rows.append(dict(level=name, share=float(s), groups=args.prompts, test_greedy=test["accuracy"], **hinted,
+                         rescued_resample=resampled["rescued"], sound_resampled=resampled["sound_replaced"]))
+        print(json.dumps(rows[-1]), flush=True)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "levels.json"), "w") as f:
         json.dump(dict(args=vars(args), rows=rows, wall_s=time.time() - t0), f, indent=1)
@@ -78,12 +103,16 @@ def main():
                 f"({(time.time() - t0) / 60:.1f} min). Start `{args.model}`; {args.prompts} RL-split prompts per "
                 f"level (seed {args.seed}'s data order) x G 8, the task preset's sampler (T 1.2, 2 tokens per step) "
                 f"and reward rule; test greedy on the level's {data.TASK_LEVEL_TEST}-problem test set (test seed "
-                f"100).\n\n| level | out-of-range share | rollout pass rate | all-wrong groups | rescued by hints | "
-                f"rescued by re-sampling | level test greedy |\n|---|---|---|---|---|---|---|\n")
+                f"100). Sound: a verified rollout whose every reasoning line is right (the reward checks only "
+                f"the box).\n\n| level | out-of-range share | rollout pass rate | all-wrong groups | rescued by hints | "
+                f"rescued by re-sampling | sound / verified: on-policy | hinted replacements | re-sampled "
+                f"replacements | level test greedy |\n|---|---|---|---|---|---|---|---|---|---|\n")
         for r in rows:
-            w = round(r["all_wrong"] * r["groups"])
+            w = r["all_wrong"]
+            frac = lambda pair: f"{pair[0]} / {pair[1]} = {pair[0] / max(1, pair[1]):.2f}"
             f.write(f"| {r['level']} | {r['share']:.2f} | {r['pass_rate']:.3f} | {w} / {r['groups']} = "
-                    f"{r['all_wrong']:.3f} | {r['rescued_hints']} / {w} | {r['rescued_resample']} / {w} | "
+                    f"{w / r['groups']:.3f} | {r['rescued']} / {w} | {r['rescued_resample']} / {w} | "
+                    f"{frac(r['sound_policy'])} | {frac(r['sound_replaced'])} | {frac(r['sound_resampled'])} | "
                     f"{r['test_greedy']:.3f} |\n")
     print(f"-> {args.out}/levels.md")
 

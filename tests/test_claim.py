@@ -60,3 +60,16 @@ def test_claim_refuses_an_unknown_arm(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as e:
         claim.main()
     assert e.value.code == 2
+
+
+def test_levels_sound_checks_every_reasoning_line():
+    """experiments/levels.py's step-by-step check: every reference solution is sound; a verified answer reached
+    through wrong lines (a hint revealed the last line) is not."""
+    import data
+    import levels
+    for name in ("task-ext0", "task-ext1"):
+        assert all(levels.sound(it["question"], data.format_response(it)) for it in data.task_level(name, "rl")[:200])
+    q = "Tom has 5 apples. First he finds 2, second loses 3, third gets 3, fourth gives 2. How many apples now?"
+    assert levels.sound(q, "first: 5+2=7\nsecond: 7-3=4\nthird: 4+3=7\nfourth: 7-2=5\n</reasoning>\\boxed{5}")
+    assert not levels.sound(q, "first: 0+2=7\nsecond: 4-3=4\nthird: 4+3=1\nfourth: 7-2=5\n</reasoning>\\boxed{5}")
+    assert not levels.sound(q, "first: 5+2=7\nsecond: 7-3=4\nthird: 4+3=7\n</reasoning>\\boxed{7}")  # a step missing
