@@ -105,7 +105,7 @@ def test_igpo_sigkill_at_a_random_step_then_resume_is_exact(task_ckpt, igpo_runs
     killed_at = len(_rows(out))
     assert _igpo(task_ckpt, out, world, "--resume", "on") == 0, failure_log(open(out + ".log").read())
     log = open(out + ".log").read()
-    resumed = int(log.split("at step ")[1].split()[0]) if "resumed from" in log else 0
+    resumed = int(re.search(r"resumed from \S+ at step (\d+)", log)[1]) if "resumed from" in log else 0
     assert resumed <= killed_at and resumed % 4 == 0  # the latest complete checkpoint; the rest is recomputed
     assert _same_params(os.path.join(ref, "step-12"), os.path.join(out, "step-12"))  # bit for bit
     assert _rows(out) == _rows(ref)  # every row, those after the resumed step included
@@ -160,7 +160,7 @@ def test_sft_sigkill_at_a_random_step_then_resume_is_exact(sft_runs, tmp_path, w
     at = random.Random(f"sft-kill-{world}").randint(3, 12)
     assert _sft(out, world, at=at, sig=signal.SIGKILL) == -signal.SIGKILL
     assert _sft(out, world, "--resume=on") == 0, failure_log(open(out + ".log").read())
-    resumed = int(open(out + ".log").read().split("at step ")[1].split()[0])
+    resumed = int(re.search(r"resumed from \S+ at step (\d+)", open(out + ".log").read())[1])
     assert resumed % 4 == 0 and resumed <= at + 4
     assert _same_params(ref, out)
     assert _sft_lines(out + ".log", after=resumed + 0) == _sft_lines(ref + ".log", after=resumed)
