@@ -1,6 +1,8 @@
-"""Faults a long run meets: SIGKILL (pre-emption) and exact resume, SIGTERM (graceful stop), NaN steps, torn or
-stale checkpoints, a changed --model, bad data, bad checkpoints, incompatible flags, a failing or hung rank, and
-adversarial reward inputs. Kill tests run the real scripts in subprocesses and kill them at a seeded random step."""
+"""Faults a long run meets: SIGKILL (pre-emption) and exact resume, SIGTERM (graceful stop; also to every process of
+a torchrun job), resume at another world size, NaN steps, torn, stale or damaged checkpoints, a save on a full disk,
+a changed --model, bad data, bad checkpoints, incompatible flags, a failing or hung rank, an evaluation killed
+mid-way, and adversarial reward inputs. Kill tests run the real scripts in subprocesses and kill them at a seeded
+random step. docs/faults.md has one row per fault."""
 import errno
 import glob
 import json
@@ -697,3 +699,44 @@ def test_sft_checkpoint_resumes_at_another_world_size_within_rounding(sft_runs, 
     assert "resumed from" in open(out + ".log").read() and _step_of(out) == 16
     assert _max_gap(ref_new, out) <= SFT_WORLD_TOL
     assert _sft_lines(out + ".log", after=8) == _sft_lines(ref_new + ".log", after=8)
+
+
+# ------------------------------------------------------------------------------------- eval.py killed mid-way
+
+EVAL = ["--bench", "task", "--limit", "24", "--samples", "2", "--temperature", "1.2", "--batch_size", "4"]
+TASK_MODEL = os.path.join(ROOT, "checkpoints", "task-sft")  # the committed task model: it scores ~0.3, not 0
+
+
+@pytest.fixture(scope="module")
+def eval_ref(tmp_path_factory):
+    """An uninterrupted evaluation (in this process; rows do not depend on the world size): its folder."""
+    import eval as E
+    out = str(tmp_path_factory.mktemp("eval-ref") / "ref")
+    E.main(["--model", TASK_MODEL, *EVAL, "--out_dir", out])
+    return out
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(TASK_MODEL, "model.safetensors")), reason="no task model")
+@pytest.mark.parametrize("world", [1, 2])
+def test_eval_sigkill_mid_way_then_the_same_command_skips_finished_rows_and_scores_the_same(eval_ref, tmp_path,
+                                                                                            world):
+    """eval.py (avg@2 at T 1.2 on 24 task problems: 48 rows, batches of 4 per rank) is SIGKILLed once 8 rows are in
+    its .rank*.part files; the same command again generates only the rest (it says how many rows it found) and
+    writes the same rows (every field, same order) and the same summary as an uninterrupted run."""
+    out = str(tmp_path / "ev")
+    cmd = (TORCHRUN if world == 2 else [sys.executable]) + ["eval.py", "--model", TASK_MODEL, *EVAL, "--out_dir", out]
+    parts = lambda: sum(len(open(f).readlines()) for f in glob.glob(out + "/task.jsonl.rank*.part"))  # noqa: E731
+    assert _run(cmd, out + ".log", parts, at=8, sig=signal.SIGKILL) == -signal.SIGKILL
+    assert not os.path.exists(os.path.join(out, "task.jsonl")) and 8 <= parts() < 48
+    done = parts()
+    assert _run(cmd, out + ".log") == 0, failure_log(open(out + ".log").read())
+    log = open(out + ".log").read()
+    found = re.search(r"task: (\d+) rows already in .*; rank 0 generates (\d+)", log)
+    assert found and int(found[1]) >= done - world  # a torn last line per rank is dropped and redone
+    if world == 1:
+        assert int(found[1]) + int(found[2]) == 48
+    rows = lambda d: [json.loads(line) for line in open(os.path.join(d, "task.jsonl"))]  # noqa: E731
+    assert rows(out) == rows(eval_ref) and not glob.glob(out + "/*.part")
+    summary = lambda d: {k: v for k, v in json.load(open(os.path.join(d, "task.summary.json"))).items()  # noqa: E731
+                         if k not in ("seconds", "config", "world")}
+    assert summary(out) == summary(eval_ref) and summary(out)["accuracy"] > 0
