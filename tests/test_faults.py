@@ -654,8 +654,8 @@ def test_sft_sigterm_to_every_process_under_torchrun_exits_0_on_every_rank_and_r
 # Cross-world-size resume: a checkpoint holds full (gathered) tensors, so it loads at any world size, and every draw
 # is keyed by global indices, so the resumed run makes the same draws. It is not bit-identical to an uninterrupted
 # run at the new world size because the steps before the checkpoint ran at the old one, which rounds differently
-# (measured on these tiny runs; the reasons are in the docstrings). Tolerances: ~10x the measured gap, and far
-# below what a lost optimizer state or a shifted data order does (>= 1e-4 here).
+# (measured on these tiny runs; the reasons are in the docstrings). Tolerances: ~10x the measured gap, and far below
+# what resuming without the optimizer state does (measured: igpo 1.5e-3, sft 7.9e-3).
 IGPO_WORLD_TOL = 1e-6  # measured: 3.0e-8 (2 -> 1 and 1 -> 2); the two uninterrupted runs: 1.2e-7 apart
 SFT_WORLD_TOL = 1e-5   # measured: 1.14e-6 (2 -> 1 and 1 -> 2); the two uninterrupted runs: 1.11e-6 apart
 
@@ -665,9 +665,9 @@ def test_igpo_checkpoint_resumes_at_another_world_size_within_rounding(task_ckpt
     """step-8 of an uninterrupted run at `old` processes, resumed at `new`, ends (step 12) within IGPO_WORLD_TOL of an
     uninterrupted run at `new`; the same tokens are sampled (rewards, accuracy, lengths equal) and the losses agree
     to 1e-4. Why not 0: each rank left-pads its own prompts to its longest, so a row carries a different amount of
-    padding at 1 and 2 processes, and a left-padded row equals its unpadded self only up to float rounding (masked
-    keys still enter the softmax sums: logits move by ~1e-6 on this model). The log-probs, hence the updates, differ
-    in their last bits over steps 1-8. (The gradient reduction and the clip are exact here: the clip never binds.)
+    padding at 1 and 2 processes; a padded row sits at shifted RoPE positions over a longer (masked) key axis, so it
+    equals its unpadded self only up to float rounding (logits move by ~1e-6 on this model). The log-probs, hence the
+    updates, differ in their last bits over steps 1-8 (the grad-norm clip never binds here: norms ~0.02 < 1).
     A sampled token could flip if two candidates tied within that rounding; not on this run (checked: equal rows)."""
     ref_old, ref_new, out = igpo_runs(old), igpo_runs(new), tmp_path / "moved"
     out.mkdir()
@@ -690,8 +690,8 @@ def test_sft_checkpoint_resumes_at_another_world_size_within_rounding(sft_runs, 
     of an uninterrupted run at `new`, and prints the same log lines (4 decimals). Why not 0: the gradient-norm clip
     (--grad_clip 1; the norm is ~10 at the start, so it binds) computes its norm from whole tensors in one process and,
     under FSDP2, from each rank's shard (sum of squares, all-reduced): the clip coefficient differs in its last bit
-    and scales every gradient; AdamW carries that on. With --grad_clip 1e9 the two world sizes are bit-identical
-    (checked by hand: same micro-batches per rank, and FSDP2's pre-division by 2 is exact)."""
+    and scales every gradient; AdamW carries that on. With --grad_clip 1e9 the two world sizes stay bit-identical
+    (checked by hand over 2 steps: a rank's micro-batch is the 1-process run's micro-batch, padding included)."""
     ref_new, out = sft_runs(new), str(tmp_path / "moved")
     assert _sft(out, old, "--stop_at=8") == 0, failure_log(open(out + ".log").read())
     assert _step_of(out) == 8
