@@ -132,6 +132,8 @@ def evaluate(model, tokenizer, items, proto, *, out_path=None, messages=data.bui
     done = read_rows(out_path) if out_path else {}
     units = [(it, s) for it in data.shard(items, rank, world) for s in range(proto["samples"])
              if (it["id"], s) not in done]
+    if done and rank == 0:  # resumed: rows a killed run wrote are kept, not generated again
+        print(f"{desc}: {len(done)} rows already in {out_path}*; rank 0 generates {len(units)}")
     part = open(f"{out_path}.rank{rank}.part", "a", encoding="utf-8") if out_path and units else None
     new, bar = [], tqdm(total=len(units), desc=f"{desc} (rank 0 of {world})", disable=rank != 0)
     model.eval()

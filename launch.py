@@ -23,6 +23,7 @@ import shutil
 import signal
 import sys
 import warnings
+import zipfile
 from dataclasses import fields
 
 import torch
@@ -229,30 +230,45 @@ def full_state_dict(model):
 def save_checkpoint(model, tok, path, extra_files, opt=None, keep_last=None):
     """HF-format weights (model.save) at `path`, plus the optimizer state (optim.pt) when `opt` is given, all
     gathered on rank 0 and written to path.saving, then renamed over `path`: a crash never leaves a torn
-    checkpoint. keep_last (a run's step-N checkpoints): then the run's `latest` names `path` and only the newest
-    keep_last step-N directories stay (0: all). Every rank calls it.
+    checkpoint; a write that fails (a full disk) is deleted, and every rank exits with one line naming the last good
+    one. keep_last (a run's step-N checkpoints): then the run's `latest` names `path` and only the newest keep_last
+    step-N directories stay (0: all). Every rank calls it.
     Gathered, not torch.distributed.checkpoint: the policy must be gathered into one HF-format directory anyway (it
     is the run's output), one format loads on any world size, and the optimizer is small with LoRA (the paper's
     run). Full fine-tuning of 8B puts 32 GB of fp32 weights + 64 GB of Adam state in rank 0's CPU memory and one
     writer (minutes per checkpoint); sharded DCP writes would be the change if that ever dominates."""
+    from safetensors import SafetensorError
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
     sd = full_state_dict(model)
     osd = None
     if opt is not None:
         osd = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    error = [None]
     if not dist.is_initialized() or dist.get_rank() == 0:
         path = path.rstrip("/")
-        M.save(model, tok, path + ".saving", extra_files=extra_files, state_dict=sd)  # LoRA: merged + adapter/
-        if osd is not None:
-            torch.save(osd, os.path.join(path + ".saving", "optim.pt"))
-        if os.path.exists(path):
-            os.replace(path, path + ".old")
-        os.replace(path + ".saving", path)
-        shutil.rmtree(path + ".old", ignore_errors=True)
-        if keep_last is not None:
-            write_latest(os.path.dirname(path), os.path.basename(path), keep_last)
+        try:
+            M.save(model, tok, path + ".saving", extra_files=extra_files, state_dict=sd)  # LoRA: merged + adapter/
+            if osd is not None:
+                torch.save(osd, os.path.join(path + ".saving", "optim.pt"))
+            if os.path.exists(path):
+                os.replace(path, path + ".old")
+            os.replace(path + ".saving", path)
+            shutil.rmtree(path + ".old", ignore_errors=True)
+            if keep_last is not None:
+                write_latest(os.path.dirname(path), os.path.basename(path), keep_last)
+        except (OSError, RuntimeError, SafetensorError) as e:  # what a full disk raises in os, torch.save, safetensors
+            parent, name = os.path.split(path)  # free what this save wrote (M.save's .tmp-* too); the rest is as it was
+            for d in [path + ".saving"] + glob.glob(glob.escape(os.path.join(parent, f".tmp-{name}.saving")) + "*"):
+                shutil.rmtree(d, ignore_errors=True)
+            good = path if keep_last is None and os.path.exists(path) else None
+            if keep_last is not None and os.path.exists(os.path.join(parent, "latest")):
+                with open(os.path.join(parent, "latest")) as f:
+                    good = os.path.join(parent, f.read().strip())
+            error = [f"{path}: not saved ({type(e).__name__}: {e}); the last good checkpoint is {good or 'none yet'}"]
     if dist.is_initialized():
-        dist.barrier()
+        dist.broadcast_object_list(error)  # (the barrier) every rank learns that rank 0's save failed
+    if error[0]:
+        raise SystemExit(error[0])
 
 
 def write_latest(run_dir, name, keep_last):
@@ -267,8 +283,10 @@ def write_latest(run_dir, name, keep_last):
 
 
 def latest_checkpoint(run_dir):
-    """The checkpoint run_dir/latest names, or None before the first one. Anything else a crash can leave (a
-    half-written *.saving or .tmp-* directory, a step-N newer than `latest`) is ignored with a warning."""
+    """The checkpoint run_dir/latest names, or None before the first one. A damaged one (see broken) is skipped with a
+    warning naming its bad file, for the newest intact older step-N (the steps after it are recomputed, identically);
+    none intact: exits naming the newest's bad file. Anything else a crash can leave (a half-written *.saving or
+    .tmp-* directory, a step-N newer than `latest`) is ignored with a warning."""
     pointer, name = os.path.join(run_dir, "latest"), None
     if os.path.exists(pointer):
         with open(pointer) as f:
@@ -278,7 +296,35 @@ def latest_checkpoint(run_dir):
         newer = d.split("-")[-1].isdigit() and int(d.split("-")[-1]) > newest
         if d.endswith(".saving") or d.startswith(".tmp-") or newer:
             warnings.warn(f"{run_dir}/{d}: incomplete checkpoint (not named by {pointer}), ignored")
-    return os.path.join(run_dir, name) if name else None
+    if name is None:
+        return None
+    older = sorted((int(d[5:]) for d in os.listdir(run_dir) if re.fullmatch(r"step-\d+", d)), reverse=True)
+    damaged = []
+    for ckpt in [os.path.join(run_dir, d) for d in [name] + [f"step-{s}" for s in older if s < newest]]:
+        if not (problem := broken(ckpt)):
+            return ckpt
+        damaged.append(problem)
+        warnings.warn(f"{problem}: damaged checkpoint, skipped")
+    raise SystemExit(f"{run_dir}: no intact checkpoint to resume from; the newest is damaged: {damaged[0]}")
+
+
+def broken(ckpt):
+    """The first unreadable file of checkpoint ckpt and why, or None: the damage a crash, a full disk or a partial
+    copy leaves (a missing or truncated file), not a flipped bit inside the tensor data (no checksums)."""
+    from safetensors import SafetensorError, safe_open
+    weights = sorted(glob.glob(os.path.join(glob.escape(ckpt), "**", "*.safetensors"), recursive=True))
+    for f in [os.path.join(ckpt, n) for n in ("trainer_state.json", "config.json", "optim.pt")] + weights:
+        try:
+            if f.endswith(".safetensors"):
+                safe_open(f, "pt").keys()  # the header, and the file's size against it
+            elif f.endswith(".pt"):
+                zipfile.ZipFile(f).close()  # the zip directory at the end of the file
+            else:
+                with open(f) as fh:
+                    json.load(fh)
+        except (OSError, ValueError, zipfile.BadZipFile, SafetensorError) as e:
+            return f"{f}: {type(e).__name__}: {e}"
+    return None if weights else f"{ckpt}: no *.safetensors"
 
 
 def recover(path):

@@ -210,6 +210,8 @@ def train(cfg):
     if cfg.resume:
         launch.recover(cfg.out_dir)
     resuming = cfg.resume and os.path.exists(os.path.join(cfg.out_dir, "trainer_state.json"))
+    if resuming and (problem := launch.broken(cfg.out_dir)):  # sft.py keeps one checkpoint: nothing to fall back to
+        raise SystemExit(f"{problem}: damaged checkpoint, cannot resume; move {cfg.out_dir} away to start afresh")
     state = launch.resume_state(cfg.out_dir if resuming else None, cfg.model)  # a LoRA resume reloads the base
     model, tok = build_model(cfg)
     pairs = tokenize_pairs(items, tok, cfg, log)
