@@ -91,6 +91,8 @@ class Config:  # a comment starting with [lo, hi] or {a|b} is the field's domain
     rechunk: bool = True               # on: each hinted rollout chunks the trace anew (O); off: once per group
     reserve: int = 30                  # [0, inf) last positions of the window never hinted (O)
     reveal_last: bool = False          # on: O, the trace's last chunk (the answer) is always shown; off: P, never
+    withhold: str = "answer"           # {answer|step} hints never show the final answer (P) | nor the reasoning's
+                                       # last line, whose result is the answer (an ablation; README's "Does it work")
     mu: int = 4                        # [1, inf) inner updates per rollout batch (O: num_iterations)
     eps: float = 0.2                   # (0, 1) clip range of the ratio (P, O)
     beta: float = 0.01                 # [0, inf) k3 KL weight to the reference policy; 0 = no reference (O: 0.01)
@@ -267,7 +269,7 @@ def inpaint_groups(policy, tok, groups, prompt_ids, prompt_attn, cfg, batch_idx,
     for gi, item in groups:
         h = torch.full((G, L), mask_id)  # --rescue resample: nothing revealed (the sample-matched baseline)
         if cfg.rescue == "hints":
-            trace, answer_start = inpaint.reference_trace(tok, data.format_response(item))
+            trace, answer_start = inpaint.reference_trace(tok, data.format_response(item), cfg.withhold == "step")
             gen = torch.Generator().manual_seed(launch.seed(cfg.seed, "hints", batch_idx, first + gi))
             h, _, _ = inpaint.build_hints(trace, G, L, mask_id, gen=gen, answer_start=answer_start,
                                           s_min=cfg.chunk[0], s_max=cfg.chunk[1], eta_low=cfg.eta[0],

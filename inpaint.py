@@ -29,6 +29,7 @@ passed torch.Generator (O reseeds the global `random`/torch RNGs).
 Shapes: G group (rollouts per prompt), B batch, L gen length, N number of chunks of one trace.
 """
 import math
+import re
 
 import torch
 
@@ -93,14 +94,20 @@ def build_hints(trace, G, gen_length, mask_id, *, gen, answer_start=None, s_min=
     return hints, hints != mask_id, etas
 
 
-def reference_trace(tok, text):
+def reference_trace(tok, text, withhold_step=False):
     """Token ids of a reference response and the index where its final answer starts: its first \\boxed (None if
     it has none). Hints are cut from trace[:answer_start] (P: hints never contain the answer). The first box, not
-    the last: a MATH solution boxes its answer inside the trace, before the response's own <answer> box."""
+    the last: a MATH solution boxes its answer inside the trace, before the response's own <answer> box.
+    withhold_step: also cut the last reasoning line before it (the step whose result is the answer; a tag line
+    such as </reasoning> is not a step)."""
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
     cut = text.find("\\boxed")
     if cut < 0:
         return enc["input_ids"], None
+    if withhold_step:  # back to the start of the last line before the box that is neither blank nor a tag
+        starts = [0] + [m.end() for m in re.finditer("\n", text[:cut])]
+        lines = [(a, text[a:b].strip()) for a, b in zip(starts, starts[1:] + [cut])]
+        cut = next((a for a, line in reversed(lines) if line and not re.fullmatch(r"</?\w+>", line)), cut)
     return enc["input_ids"], next((i for i, (s, _) in enumerate(enc["offset_mapping"]) if s >= cut), None)
 
 

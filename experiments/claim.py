@@ -51,6 +51,7 @@ ARMS = {  # name -> igpo.py flags on top of the task preset; adding an arm is on
     "igpo_full_hints": ["--eta", "1,1"],             # every chunk of the reference trace revealed
     "igpo_no_filter": ["--tau", "1"],                # every hint token in the loss (no entropy filter)
     "igpo_no_cap": ["--lam", "1"],                   # every verified inpainted rollout replaces a wrong one
+    "igpo_withhold_step": ["--withhold", "step"],    # hints never show the last reasoning line (its result = answer)
     "igpo_prefix_cache": ["--fast_cache", "prefix"],  # rollouts with Fast-dLLM's prefix KV cache
     "igpo_dual_cache": ["--fast_cache", "dual"],     # rollouts with the dual (prefix + suffix) KV cache
 }

@@ -89,11 +89,13 @@ def main():
         name = f"task-ext{s}"
         hinted = measure(m, tok, name, args.prompts, args.seed, "hints")
         resampled = measure(m, tok, name, args.prompts, args.seed, "resample")
+        step = measure(m, tok, name, args.prompts, args.seed, "hints", ["--withhold", "step"])
         assert resampled["all_wrong"] == hinted["all_wrong"]  # the same on-policy rollouts: only the rescue differs
         test = E.evaluate(m, tok, data.task_level(name, "test"), E.protocol("task"), messages=data.task_messages,
                           batch_size=128)
         rows.append(dict(level=name, share=float(s), groups=args.prompts, test_greedy=test["accuracy"], **hinted,
-                         rescued_resample=resampled["rescued"], sound_resampled=resampled["sound_replaced"]))
+                         rescued_resample=resampled["rescued"], sound_resampled=resampled["sound_replaced"],
+                         rescued_withhold_step=step["rescued"], sound_withhold_step=step["sound_replaced"]))
         print(json.dumps(rows[-1]), flush=True)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "levels.json"), "w") as f:
@@ -105,15 +107,16 @@ def main():
                 f"and reward rule; test greedy on the level's {data.TASK_LEVEL_TEST}-problem test set (test seed "
                 f"100). Sound: a verified rollout whose every reasoning line is right (the reward checks only "
                 f"the box).\n\n| level | out-of-range share | rollout pass rate | all-wrong groups | rescued by hints | "
-                f"rescued by re-sampling | sound / verified: on-policy | hinted replacements | re-sampled "
-                f"replacements | level test greedy |\n|---|---|---|---|---|---|---|---|---|---|\n")
+                f"rescued by re-sampling | rescued by hints without the last step | sound / verified: on-policy | "
+                f"hinted replacements | re-sampled replacements | hinted without the last step | level test greedy "
+                f"|\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
         for r in rows:
             w = r["all_wrong"]
             frac = lambda pair: f"{pair[0]} / {pair[1]} = {pair[0] / max(1, pair[1]):.2f}"
             f.write(f"| {r['level']} | {r['share']:.2f} | {r['pass_rate']:.3f} | {w} / {r['groups']} = "
                     f"{w / r['groups']:.3f} | {r['rescued']} / {w} | {r['rescued_resample']} / {w} | "
-                    f"{frac(r['sound_policy'])} | {frac(r['sound_replaced'])} | {frac(r['sound_resampled'])} | "
-                    f"{r['test_greedy']:.3f} |\n")
+                    f"{r['rescued_withhold_step']} / {w} | {frac(r['sound_policy'])} | {frac(r['sound_replaced'])} | "
+                    f"{frac(r['sound_resampled'])} | {frac(r['sound_withhold_step'])} | {r['test_greedy']:.3f} |\n")
     print(f"-> {args.out}/levels.md")
 
 

@@ -228,3 +228,18 @@ def test_hints_never_contain_the_final_answer_unless_reveal_last(name):
                                              reveal_last=True)
         assert f"\\boxed{{{it['answer']}}}" in tok.decode(hints[0][mask[0]])
     assert boxed_in_trace > 0 if name in ("metamath-math", "math", "math500") else boxed_in_trace == 0
+
+
+def test_withhold_step_also_cuts_the_last_reasoning_line():
+    """--withhold step: hints show neither the answer nor the last reasoning line (on the task its result is the
+    answer, so hints would give it away); tag lines are not steps; a MATH-style line holding the box is the step."""
+    import data
+    tok = data.task_tokenizer()
+    text = "<reasoning>\nfirst: 3+4=7\nsecond: 7-2=5\n</reasoning>\n<answer>\n\\boxed{5}\n</answer>"
+    ids, start = inpaint.reference_trace(tok, text)
+    assert tok.decode(ids[:start]) == "<reasoning>\nfirst: 3+4=7\nsecond: 7-2=5\n</reasoning>\n<answer>\n"
+    ids, start = inpaint.reference_trace(tok, text, withhold_step=True)
+    assert tok.decode(ids[:start]) == "<reasoning>\nfirst: 3+4=7\n"
+    text = "<reasoning>\nWe add.\nSo it is $\\boxed{5}$.\n</reasoning>\n<answer>\n\\boxed{5}\n</answer>"
+    ids, start = inpaint.reference_trace(tok, text, withhold_step=True)
+    assert tok.decode(ids[:start]) == "<reasoning>\nWe add.\n"
