@@ -167,7 +167,7 @@ def test_off_the_main_thread_with_a_hang():
 
 # (completion, gold, official, lenient): the official training reward (O's correctness_reward_func) judges the
 # first \boxed{...} and gives 0 without one; eval.py's lenient rule takes the last box, then <answer>, then a number.
-RULES = [
+RULE_TABLE = [
     ("\\boxed{3} then \\boxed{4}", "3", 3.0, 0.0), ("\\boxed{3} then \\boxed{4}", "4", 0.0, 3.0),
     ("<answer>\n7\n</answer>", "7", 0.0, 3.0), ("so it is 7", "7", 0.0, 3.0), ("\\fbox{7}", "7", 0.0, 3.0),
     ("\\boxed 7", "7", 0.0, 3.0), ("\\boxed{\\frac{1}{2}}", "0.5", 3.0, 3.0), ("a \\boxed{x^{2}} b", "x^2", 3.0, 3.0),
@@ -177,7 +177,7 @@ RULES = [
 ]
 
 
-@pytest.mark.parametrize("completion,gold,official,lenient", RULES)
+@pytest.mark.parametrize("completion,gold,official,lenient", RULE_TABLE)
 def test_official_rule_judges_the_first_box_and_nothing_else(completion, gold, official, lenient):
     assert reward.correctness_reward(completion, gold, rule="official") == official
     assert reward.correctness_reward(completion, gold, rule="lenient") == lenient
