@@ -105,3 +105,36 @@ def test_torchrun_two_ranks_match_one_process(tmp_path, ckpt):
     one, two = _rows(tmp_path / "one" / "gsm8k.jsonl"), _rows(tmp_path / "two" / "gsm8k.jsonl")
     assert [(r["id"], r["completion"]) for r in one] == [(r["id"], r["completion"]) for r in two]
     assert json.load(open(tmp_path / "two" / "gsm8k.summary.json"))["world"] == 2
+
+
+def test_wilson_interval_by_hand():
+    """Wilson's score interval: centre (p + z²/2n) / (1 + z²/n), half-width z √(p(1-p)/n + z²/4n²) / (1 + z²/n),
+    z = 1.96 (z² = 3.8416), worked out by hand below; a Wald interval p ± z √(p(1-p)/n) differs in all three."""
+    # p 0.5, n 10: d = 1.38416, centre 0.5, half 1.96 √(0.025 + 0.009604) / d = 0.364601 / 1.38416 = 0.263410
+    # (Wald: 0.5 ± 0.309903 = [0.190097, 0.809903])
+    assert ev.wilson(0.5, 10) == pytest.approx([0.236590, 0.763410], abs=1e-6)
+    # p 0.9, n 10: centre (0.9 + 0.19208) / 1.38416 = 0.788984, half 1.96 √(0.009 + 0.009604) / 1.38416 = 0.193141
+    assert ev.wilson(0.9, 10) == pytest.approx([0.595844, 0.982124], abs=1e-6)
+    # p 0, n 10: centre = half = 0.19208 / 1.38416 = 0.138770: [0, 0.277540] (Wald: [0, 0])
+    assert ev.wilson(0.0, 10) == pytest.approx([0.0, 0.277540], abs=1e-6)
+    assert ev.wilson(0.0, 0) == [0.0, 1.0]  # no problems: no information
+
+
+def test_avg_at_k_is_the_mean_over_samples_with_an_interval_over_problems(tmp_path, tiny_model, tiny_tokenizer):
+    """10 problems x 2 samples, sample 0 of every problem right and sample 1 wrong (rows already in the output file,
+    so nothing is generated): each problem scores 1/2, avg@2 = 0.5 (any-correct would give 1.0), and the interval is
+    Wilson's at p 0.5 over the n = 10 problems, [0.236590, 0.763410] (over the 20 samples it would be [0.299295,
+    0.700705]: d = 1.19208, half 1.96 √(0.0125 + 0.002401) / d = 0.200705)."""
+    items = [dict(id=f"p{i}", question=f"q{i}", answer="1") for i in range(10)]
+    out = tmp_path / "amc.jsonl"
+    with open(out, "w") as f:
+        for it in items:
+            for s in range(2):
+                f.write(json.dumps(dict(id=it["id"], sample=s, completion="", extracted=None, gold="1",
+                                        correct=s == 0, format=0.75 if s == 0 else 0.25, prompt="")) + "\n")
+    proto = ev.protocol("amc23", gen_length=8, block_length=4, steps=4, samples=2)
+    s = ev.evaluate(tiny_model, tiny_tokenizer, items, proto, out_path=str(out), batch_size=4)
+    assert (s["metric"], s["n_problems"], s["n_samples"]) == ("avg@2", 10, 20)
+    assert s["accuracy"] == pytest.approx(0.5)
+    assert s["ci95"] == pytest.approx([0.236590, 0.763410], abs=1e-6)
+    assert s["format_reward"] == pytest.approx(0.5)  # a mean over the 20 samples

@@ -446,3 +446,90 @@ def test_max_prompt_keeps_the_last_prompt_tokens(task_ckpt):
     b = igpo.roll_out(pol, tok, items, data.task_messages, small_cfg(task_ckpt, max_prompt=0), 0, 0,
                       torch.device("cpu"))
     assert torch.equal(b.prompt, full)
+
+
+def _ratio_batch(task_ckpt, **kw):
+    """A rollout batch whose row r has token ratio c_r (old log-probs shifted by -log c_r: before any step the
+    current policy is the old one), the advantages below, every token in the loss and no hints."""
+    cfg = small_cfg(task_ckpt, **kw)  # ratio token, loss_norm token, beta 0 unless overridden
+    pol, b, _ = _batch(task_ckpt, cfg)
+    b.lmask[:] = True
+    b.hint[:] = False
+    c = torch.tensor([1.5, 0.9, 0.5, 1.1, 1.25, 0.75, 0.75, 1.25])
+    b.adv = torch.tensor([1.0, 1.0, -1.0, -1.0, 2.0, 0.5, -0.5, -2.0])
+    b.old = [o - c.log()[:, None] for o in b.old]
+    return cfg, pol, b
+
+
+def test_update_clips_ratios_outside_one_plus_minus_eps_by_hand(task_ckpt):
+    """`update` at ratios away from 1, every token kept: the loss is the row mean of -min(cA, clip(c, 1 ± ε) A),
+    with the config's ε."""
+    cfg, pol, b = _ratio_batch(task_ckpt)
+    # ε 0.2: min(1.5, 1.2) = 1.2 (clipped), 0.9, min(-0.5, -0.8) = -0.8 (clipped), -1.1, min(2.5, 2.4) = 2.4
+    # (clipped), min(0.375, 0.4) = 0.375, min(-0.375, -0.4) = -0.4 (clipped), min(-2.5, -2.4) = -2.5: sum 0.075,
+    # loss -0.075 / 8 rows; 4 of 8 rows clipped (a ratio below 1 - ε with A > 0 or above 1 + ε with A < 0 is not)
+    s = igpo.update(pol, b, 0, cfg, world=1)
+    assert s["loss"][0] / s["loss"][1] == pytest.approx(-0.075 / 8, abs=1e-6)
+    assert s["clip_frac"][0] / s["clip_frac"][1] == pytest.approx(0.5)
+    # ε 0.3: 1.3, 0.9, -0.7, -1.1, 2.5, 0.375, -0.375, -2.5: sum 0.4, loss -0.05; rows 0 and 2 clipped
+    cfg.eps = 0.3
+    s = igpo.update(pol, b, 0, cfg, world=1)
+    assert s["loss"][0] / s["loss"][1] == pytest.approx(-0.4 / 8, abs=1e-6)
+    assert s["clip_frac"][0] / s["clip_frac"][1] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("loss_norm", ["token", "group"])
+def test_update_divides_by_the_tokens_the_entropy_filter_keeps(task_ckpt, loss_norm):
+    """Row 0 (c 1.5, A 1: 1.2 per token) holds 10 hint tokens; τ 0.2 keeps 2 of them, so it has 16 - 8 = 8 tokens
+    in the loss, the other rows 16 each (surrogates as in the test above, ε 0.2)."""
+    cfg, pol, b = _ratio_batch(task_ckpt, loss_norm=loss_norm)
+    b.hint[0, :10] = True
+    s = igpo.update(pol, b, 0, cfg, world=1)
+    if loss_norm == "token":  # sum 8 x 1.2 + 16 x (0.9 - 0.8 - 1.1 + 2.4 + 0.375 - 0.4 - 2.5) = -8.4 over 120 tokens
+        want = 8.4 / 120
+    else:  # group 0: (8 x 1.2 + 16 x (0.9 - 0.8 - 1.1)) / 56 = -6.4 / 56; group 1: 16 x (-0.125) / 64 = -2 / 64
+        want = (6.4 / 56 + 2 / 64) / 2
+    assert s["loss"][0] / s["loss"][1] == pytest.approx(want, abs=1e-6)
+    assert s["clip_frac"][0] / s["clip_frac"][1] == pytest.approx((8 + 3 * 16) / 120)  # row 0's kept 8 + rows 2, 4, 6
+
+
+def test_sequence_ratio_averages_over_the_kept_tokens_only_by_hand():
+    """GSPO (--ratio sequence): s_i = exp(mean of the log-ratios of row i's kept tokens); a dropped token is in
+    neither the ratio nor the gradient (unlike sequence_all)."""
+    logp, old = _lp([1.1, 0.9, 0.5, 1.1])
+    adv, keep = torch.tensor([2.0, -1.0]), torch.tensor([[True, False], [True, True]])
+    lp = logp.clone().requires_grad_(True)
+    loss, st = igpo.grpo_loss(lp, old, None, adv, keep, torch.tensor(3.0), eps=0.2, beta=0.0, ratio="sequence")
+    # s0 = 1.1 (its kept token alone; with the dropped 0.9 it would be 0.99): -min(2.2, 2.2) on 1 token;
+    # s1 = √(0.5 · 1.1) = 0.7416 < 0.8, A = -1: -min(-0.7416, -0.8) = 0.8 on 2 tokens; (-2.2 + 1.6) / 3 = -0.2
+    assert loss.item() == pytest.approx(-0.2, abs=1e-6)
+    assert st["clipped"] == 2
+    loss.backward()
+    assert lp.grad[0, 0] != 0 and lp.grad[0, 1] == 0
+
+
+def test_k3_kl_direction_value_and_gradient_by_hand():
+    """k3 = e^d - d - 1 with d = log π_ref - log π, the KL(π || π_ref) estimator: at d = ln 3 it is 2 - ln 3
+    (0.901388); the reversed direction e^-d + d - 1 would give 1/3 + ln 3 - 1 (0.431946). Its gradient in log π is
+    1 - e^d = -2: the KL pulls log π up towards the reference."""
+    logp = torch.tensor([[LN(0.1), LN(0.5)]])
+    ref = logp + torch.tensor([[LN(3), 0.0]])
+    keep = torch.ones(1, 2, dtype=torch.bool)
+    lp = logp.clone().requires_grad_(True)
+    loss, st = igpo.grpo_loss(lp, logp, ref, torch.zeros(1), keep, torch.tensor(2.0), eps=0.2, beta=0.1)
+    assert st["kl"] == pytest.approx(2 - LN(3), abs=1e-6)
+    assert loss.item() == pytest.approx(0.1 * (2 - LN(3)) / 2, abs=1e-7)  # A = 0: only the KL term
+    loss.backward()
+    assert lp.grad[0].tolist() == pytest.approx([0.1 * (1 - 3) / 2, 0.0], abs=1e-6)
+
+
+def test_rollouts_do_not_depend_on_the_rank_layout(task_ckpt):
+    """Rollout seeds use global row indices: prompt 1's G rollouts are the same when it is the second prompt of a
+    rank (first = 0) as when it is the first prompt of another rank (first = 1)."""
+    cfg = small_cfg(task_ckpt, temperature=1.0)
+    pol, tok = M.load(task_ckpt)
+    items = data.task_splits()["rl"][:2]
+    both = igpo.roll_out(pol, tok, items, data.task_messages, cfg, 0, 0, torch.device("cpu"))
+    second = igpo.roll_out(pol, tok, items[1:], data.task_messages, cfg, 0, 1, torch.device("cpu"))
+    assert torch.equal(both.comp[cfg.G:], second.comp)
+    assert len({tuple(r) for r in second.comp.tolist()}) > 1  # each rollout of the group has its own seed

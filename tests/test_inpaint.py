@@ -243,3 +243,28 @@ def test_withhold_step_also_cuts_the_last_reasoning_line():
     text = "<reasoning>\nWe add.\nSo it is $\\boxed{5}$.\n</reasoning>\n<answer>\n\\boxed{5}\n</answer>"
     ids, start = inpaint.reference_trace(tok, text, withhold_step=True)
     assert tok.decode(ids[:start]) == "<reasoning>\nWe add.\n"
+
+
+def test_entropy_filter_keeps_floor_tau_n_when_tau_n_is_not_whole():
+    """τ = 0.2 of n = 7 hints keeps ⌊1.4⌋ = 1, of n = 14 keeps ⌊2.8⌋ = 2, of n = 4 keeps max(1, ⌊0.8⌋) = 1: the
+    highest entropies (a ceiling would keep 2, 3 and 1; a round 1, 3 and 1)."""
+    ent = torch.zeros(3, 14)
+    hint = torch.zeros(3, 14, dtype=torch.bool)
+    hint[0, :7], hint[1, :], hint[2, 10:] = True, True, True
+    ent[0, :7] = torch.tensor([0.5, 0.1, 0.9, 0.8, 0.3, 0.2, 0.4])        # top 1: position 2
+    ent[1] = torch.arange(14.0) % 5                                      # 4.0 at 4 and 9, then 3.0 at 3, 8, 13
+    ent[2, 10:] = torch.tensor([0.2, 0.7, 0.1, 0.3])                     # top 1: position 11
+    keep = inpaint.entropy_filter(ent, hint, tau=0.2)
+    assert (keep & hint).nonzero().tolist() == [[0, 2], [1, 4], [1, 9], [2, 11]]
+    assert keep[~hint].all()  # every self-generated token stays
+
+
+def test_reference_trace_cuts_at_the_first_of_several_boxes():
+    """A MATH solution boxes its answer inside the trace and the response boxes it again: the answer starts at the
+    first \\boxed (character 2 with the character-level test tokenizer); no box, no answer."""
+    from conftest import build_tiny_tokenizer
+    tok = build_tiny_tokenizer()
+    text = "a=\\boxed{1}, so b=\\boxed{2}.\n</reasoning>\n<answer>\n\\boxed{2}\n</answer>"
+    ids, start = inpaint.reference_trace(tok, text)
+    assert start == 2 and tok.decode(ids[:start]) == "a=" and tok.decode(ids) == text
+    assert inpaint.reference_trace(tok, "no box here")[1] is None

@@ -163,3 +163,34 @@ def test_off_the_main_thread_with_a_hang():
         th.join(timeout=10)
     assert out["hang"][0] is False and out["hang"][1] < 3
     assert out["ok"][0] is True and out["ok"][1] < 3  # served by the warm standby worker
+
+
+# (completion, gold, official, lenient): the official training reward (O's correctness_reward_func) judges the
+# first \boxed{...} and gives 0 without one; eval.py's lenient rule takes the last box, then <answer>, then a number.
+RULE_TABLE = [
+    ("\\boxed{3} then \\boxed{4}", "3", 3.0, 0.0), ("\\boxed{3} then \\boxed{4}", "4", 0.0, 3.0),
+    ("<answer>\n7\n</answer>", "7", 0.0, 3.0), ("so it is 7", "7", 0.0, 3.0), ("\\fbox{7}", "7", 0.0, 3.0),
+    ("\\boxed 7", "7", 0.0, 3.0), ("\\boxed{\\frac{1}{2}}", "0.5", 3.0, 3.0), ("a \\boxed{x^{2}} b", "x^2", 3.0, 3.0),
+    ("<reasoning>\n1+1\n</reasoning>\n<answer>\n\\boxed{2}\n</answer>", "2", 3.0, 3.0),
+    ("\\boxed{3 and \\boxed{3}", "3", 0.0, 3.0),  # O: a first box that never closes is no answer (no fall-through)
+    ("\\boxed{}", "7", 0.0, 0.0), ("", "7", 0.0, 0.0), (None, "7", 0.0, 0.0),
+]
+
+
+@pytest.mark.parametrize("completion,gold,official,lenient", RULE_TABLE)
+def test_official_rule_judges_the_first_box_and_nothing_else(completion, gold, official, lenient):
+    assert reward.correctness_reward(completion, gold, rule="official") == official
+    assert reward.correctness_reward(completion, gold, rule="lenient") == lenient
+    assert reward.correctness_reward(completion, gold, weight=1.0, rule="official") == official / 3
+
+
+def test_first_boxed():
+    assert reward.first_boxed("a \\boxed{x^{2}} b \\boxed{3}") == "x^{2}"
+    assert reward.first_boxed("\\boxed{\\{1,2\\}} and \\boxed{3}") == "\\{1,2\\}"
+    assert reward.first_boxed("\\fbox{3} \\boxed 4") is None
+
+
+def test_format_reward_counts_only_tags_that_occur_exactly_once():
+    # "<answer>\n" twice: no credit for it; "</answer>" once: 0.125; a \boxed{: 0.25
+    assert reward.format_reward("<answer>\n<answer>\n\\boxed{3}\n</answer>") == pytest.approx(0.375)
+    assert reward.format_reward("<reasoning>\n</reasoning></reasoning>") == pytest.approx(0.125)
