@@ -224,11 +224,12 @@ def level_section(level, runs, start, test_seed):
 
 
 def dose(results, starts, test_seed):
-    """(reference arm, {arm: {level: (start all-wrong share, mean, lo, hi)}}): REFERENCE minus each arm on the
-    level test set, paired by seed, per level."""
+    """(reference arm, {arm: {level: (start all-wrong share, mean, lo, hi)}}): REFERENCE minus each arm run at more
+    than one level, on the level test set, paired by seed, per level."""
     arms = [a for a in ARMS if any(r["arm"] == a for r in results)]
     ref, out = reference_of(arms), {}
-    for a in (a for a in arms if a != ref):
+    across = [a for a in arms if len({r["level"] for r in results if r["arm"] == a}) > 1]  # one level: no curve
+    for a in (a for a in across if a != ref):
         out[a] = {}
         for lv in sorted({r["level"] for r in results}, key=float):
             acc = {(r["arm"], r["seed"]): run_stats(r, test_seed)["test"] for r in results if r["level"] == lv}
