@@ -56,7 +56,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d):
         """Build from a config.json dict; a known field of the wrong type is an error naming it."""
-        kw, extra = {}, {}
+        kw = {}
         for f in fields(cls):
             if f.name in ("extra", "code") or f.name not in d:
                 continue
@@ -66,17 +66,14 @@ class ModelConfig:
             if not isinstance(v, want) or (want is int and isinstance(v, bool)):
                 raise TypeError(f"config field {f.name!r} must be {want.__name__}, got {v!r}")
             kw[f.name] = v
-        for k, v in d.items():
-            if k not in kw and k != "extra":
-                extra[k] = v
+        extra = {k: v for k, v in d.items() if k not in kw and k != "extra"}
         for k, want in LLADA_ARCH.items():  # deviation 1: refuse architectures this forward does not implement
             if k in extra and extra[k] != want:
                 raise ValueError(f"config field {k!r}={extra[k]!r} is not supported (only {want!r})")
         return cls(**kw, extra=extra)
 
     def to_dict(self):
-        d = {**LLADA_ARCH, **self.extra, **{k: v for k, v in asdict(self).items() if k not in ("extra", "code")}}
-        return d
+        return {**LLADA_ARCH, **self.extra, **{k: v for k, v in asdict(self).items() if k not in ("extra", "code")}}
 
 
 # LLaDA-8B's fixed choices this forward implements, saved in every config.json for LLaDA's own modeling code.
@@ -309,17 +306,12 @@ def load_adapter(model, path):
     model.load_state_dict(sd, strict=False)
     return model
 
+
 def _read_state_dict(path):
     from safetensors.torch import load_file
     index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.exists(index):
-        files = sorted(set(json.load(open(index))["weight_map"].values()))
-    else:
-        files = ["model.safetensors"]
-    sd = {}
-    for f in files:
-        sd.update(load_file(os.path.join(path, f)))
-    return sd
+    files = sorted({*json.load(open(index))["weight_map"].values()}) if os.path.exists(index) else ["model.safetensors"]
+    return {k: v for f in files for k, v in load_file(os.path.join(path, f)).items()}
 
 
 def check_state_dict(model, sd):
@@ -396,11 +388,9 @@ def save(model, tokenizer, path, max_shard_bytes=5 * 2**30, extra_files=None, st
     for name, text in model.config.code.items():
         with open(os.path.join(tmp, name), "w") as f:
             f.write(text)
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=2)
     if tokenizer is not None:
         _save_tokenizer(tokenizer, tmp)
-    for name, obj in (extra_files or {}).items():
+    for name, obj in {"config.json": cfg, **(extra_files or {})}.items():
         with open(os.path.join(tmp, name), "w") as f:
             json.dump(obj, f, indent=2)
     old = path + ".old"

@@ -97,9 +97,8 @@ def _uniforms(generator, rows, n_rows, shape, device):
 
 
 def _select(conf, masked, counts, threshold):
-    """(B, K) bool, the positions to commit: LLaDA's counts[j] most confident masked positions of row j (conf is
-    -inf elsewhere), or with a threshold (fast mode) every masked position with conf >= threshold plus the most
-    confident one."""
+    """(B, K) bool, the positions to commit: LLaDA's counts[j] most confident masked positions of row j (conf: -inf
+    elsewhere), or with a threshold (fast mode) every masked one with conf >= threshold plus the most confident."""
     if threshold is not None:
         top = torch.zeros_like(masked).scatter_(1, conf.argmax(dim=1, keepdim=True), True)
         return masked & ((conf >= threshold) | top)
