@@ -349,11 +349,10 @@ def load(path, dtype=torch.float32, device="cpu"):
 
 
 def save(model, tokenizer, path, max_shard_bytes=5 * 2**30, extra_files=None, state_dict=None):
-    """Write config.json, safetensors (sharded above max_shard_bytes, with an index), the tokenizer files and any
-    remote-code files into a temp directory, then rename it over `path`, so a crash never leaves a half-written
-    checkpoint. A LoRA model is saved merged (LLaDA keys), plus its adapter alone in path/adapter.
-    state_dict: the full state dict when the model is sharded (launch.full_state_dict; rank 0 saves).
-    extra_files: {name: json-serialisable obj} written beside (run config, metrics)."""
+    """Write config.json, safetensors (sharded above max_shard_bytes, with an index), the tokenizer and any remote-code
+    files into a temp directory, then rename it over `path`: a crash never leaves a half-written checkpoint. A LoRA
+    model is saved merged (LLaDA keys), plus its adapter alone in path/adapter. state_dict: the full state dict of a
+    sharded model (launch.full_state_dict; rank 0 saves). extra_files: {name: JSON-able obj} (run config, metrics)."""
     from safetensors.torch import save_file
     path = os.path.abspath(path)
     parent = os.path.dirname(path)
@@ -416,10 +415,9 @@ def _save_tokenizer(tokenizer, path):
 
 
 def encode_chat(tokenizer, conversations, prefill="", device=None):
-    """Chat-template prompts with the generation prompt, add_special_tokens=False (the template already holds
-    BOS), left-padded with pad (= EOS in LLaDA). conversations: list of [{"role", "content"}, ...].
-    prefill: text appended after the assistant header (d1's eval starts the answer with "<reasoning>").
-    Returns input_ids (B, P) and attention_mask (B, P) (1 = real token)."""
+    """Chat-template prompts with the generation prompt, add_special_tokens=False (the template holds BOS), left-padded
+    with pad (= EOS in LLaDA); conversations: [[{"role", "content"}, ...], ...]; prefill: text after the assistant
+    header (d1's eval: "<reasoning>"). Returns input_ids (B, P) and attention_mask (B, P) (1 = real token)."""
     texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) + prefill
              for c in conversations]
     rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
