@@ -18,6 +18,7 @@ the text after "####", becomes the gold answer). The trace is the response befor
 Use: `items = load_split("gsm8k", "test")`.
 """
 import json
+import random
 import re
 import warnings
 from pathlib import Path
@@ -26,10 +27,9 @@ import reward
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "shared" / "data"  # ../shared/data, beside the repo
 
-# The official IGPO format instruction (facebookresearch/igpo utils/data_utils.py, SYSTEM_PROMPT), but for one
-# declared character: O writes it as a plain Python string, so its "\boxed" is a backspace (\b) + "oxed"; we send
-# the \boxed its authors meant (O's exact text: SYSTEM_PROMPT.replace("\\b", "\b")). Official code and d1 put it
-# in the user turn, before the question, not in a system turn: so do we.
+# The official IGPO format instruction (facebookresearch/igpo utils/data_utils.py SYSTEM_PROMPT) but for one char:
+# O's plain Python string makes its "\boxed" a backspace (\b) + "oxed"; we send the \boxed its authors meant (O's
+# exact text: SYSTEM_PROMPT.replace("\\b", "\b")). As in O and d1, it opens the user turn (no system turn).
 SYSTEM_PROMPT = """
 Respond in the following format:
 <reasoning>
@@ -88,8 +88,7 @@ def _to_item(name: str, split: str, i: int, row: dict) -> dict:
             return None  # well-formed but unusable: 2 train rows (lines 5342, 5344) hold an empty \boxed{}
         return dict(id=f"math-{split}-{i}", question=row["problem"], answer=gold, solution=row["solution"])
     if name == "amc23":  # the answer is a float (27.0); reward.is_equiv compares it numerically
-        return dict(id=f"amc23-{row.get('id', i)}", question=row["question"], answer=str(row["answer"]),
-                    solution=None)
+        return dict(id=f"amc23-{row.get('id', i)}", question=row["question"], answer=str(row["answer"]), solution=None)
     if name == "aime24":
         return dict(id=f"aime24-{row.get('id', i)}", question=row["problem"], answer=str(row["answer"]),
                     solution=row.get("solution"))
@@ -103,47 +102,44 @@ def _to_item(name: str, split: str, i: int, row: dict) -> dict:
 
 
 def _local_rows(path: Path):
-    """(line number, row) of a JSONL file; bad JSON is an error naming the file and the line. A .json file is
-    one JSON array (MetaMathQA-395K.json as published); its rows are numbered from 1."""
+    """(line number, row) of a JSONL file, or of a .json array (MetaMathQA-395K.json as published) from 1; bad
+    JSON or UTF-8 is a ValueError naming the file and the line."""
     if path.suffix == ".json":
-        with open(path, encoding="utf-8") as f:
-            yield from enumerate(json.load(f), 1)
+        yield from enumerate(json.loads(path.read_text(encoding="utf-8")), 1)
         return
     with open(path, "rb") as f:  # bytes: a bad byte is reported with its line, not as a bare UnicodeDecodeError
         for n, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8")
+                if line.strip():
+                    yield n, json.loads(line)
             except UnicodeDecodeError as e:
                 raise ValueError(f"{path}:{n}: not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})") from None
-            if not line.strip():
-                continue
-            try:
-                yield n, json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{n}: malformed JSON ({e.msg})") from None
 
 
-def read_jsonl(path, *schemas):
-    """The rows of a JSONL file, each holding every field of one of `schemas` (tuples of field names); a bad row
-    is a ValueError naming the file, the line and the missing field(s)."""
-    rows = []
-    for n, row in _local_rows(Path(path)):
+def _hub_rows(hub: str, spec: dict, split: str):
+    import datasets  # needs internet (or a warm HF cache); not exercised by the offline tests
+    hub_split = spec.get("hub_split", split)
+    rows = (row for c in spec.get("configs", [None]) for row in datasets.load_dataset(hub, c, split=hub_split))
+    return enumerate(map(dict, rows), 1)
+
+
+def _checked(rows, where, *schemas):
+    """(n, row) of `rows`, each a JSON object with every field of one of `schemas`, else a ValueError at where(n)."""
+    for n, row in rows:
         if not isinstance(row, dict):
-            raise ValueError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+            raise ValueError(f"{where(n)}: expected a JSON object, got {type(row).__name__}")
         missing = min(([k for k in schema if row.get(k) is None] for schema in schemas), key=len)
         if missing:
-            raise ValueError(f"{path}:{n}: missing field(s) {missing}")
-        rows.append(row)
-    return rows
+            raise ValueError(f"{where(n)}: missing field(s) {missing}")
+        yield n, row
 
 
-def _hub_rows(spec: dict, split: str):
-    import datasets  # needs internet (or a warm HF cache); not exercised by the offline tests
-    n = 0
-    for config in spec.get("configs", [None]):
-        for row in datasets.load_dataset(spec["hub"], config, split=spec.get("hub_split", split)):
-            n += 1
-            yield n, dict(row)
+def read_jsonl(path, *schemas):
+    """The rows of a JSONL file, each holding every field of one of `schemas` (tuples of field names)."""
+    return [row for _, row in _checked(_local_rows(Path(path)), lambda n: f"{path}:{n}", *schemas)]
 
 
 def load_split(name: str, split: str = "test", source: str | None = None) -> list[dict]:
@@ -154,15 +150,10 @@ def load_split(name: str, split: str = "test", source: str | None = None) -> lis
     if source is None:
         source = str(local) if local.exists() else spec["hub"]
     is_file = source.endswith((".jsonl", ".json")) or Path(source).exists()
-    rows = _local_rows(Path(source)) if is_file else _hub_rows({**spec, "hub": source}, split)
+    rows = _local_rows(Path(source)) if is_file else _hub_rows(source, spec, split)
+    where = (lambda n: f"{source}:{n}") if is_file else (lambda n: f"{source} [{split}] row {n}")
     items, skipped, seen = [], [], set()
-    for n, row in rows:
-        where = f"{source}:{n}" if is_file else f"{source} [{split}] row {n}"
-        if not isinstance(row, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-        missing = [k for k in spec["fields"] if row.get(k) is None]
-        if missing:
-            raise ValueError(f"{where}: missing field(s) {missing}")
+    for n, row in _checked(rows, where, spec["fields"]):
         if name == "metamath":  # official filter and deduplication (by the query text, first row kept)
             if row["type"] not in METAMATH_TYPES or row["query"] in seen:
                 continue
@@ -170,7 +161,7 @@ def load_split(name: str, split: str = "test", source: str | None = None) -> lis
         try:
             item = _to_item(name, split, n - 1, row)
         except (ValueError, KeyError, AttributeError, TypeError) as e:
-            raise ValueError(f"{where}: {e!r}") from None
+            raise ValueError(f"{where(n)}: {e!r}") from None
         items.append(item) if item is not None else skipped.append(n)
     if skipped:
         warnings.warn(f"{source}: skipped {len(skipped)} row(s) without a gold answer, at {skipped[:10]}")
@@ -178,8 +169,7 @@ def load_split(name: str, split: str = "test", source: str | None = None) -> lis
 
 
 def rl_prompts(name: str, limit: int = 0):
-    """(items, chat-message builder) of igpo.py's training prompts: the task's RL split or a benchmark's train
-    split; the first `limit` of them when limit > 0."""
+    """The first `limit` (0: all) of igpo.py's RL prompts (task level, JSONL or train split), and their chat builder."""
     if name.startswith("task"):  # task, or a difficulty level task-ext<share>
         items, messages = task_level(name, "rl"), task_messages
     elif name.endswith(".jsonl"):  # question, answer; an optional solution is the reference trace
@@ -200,14 +190,13 @@ def shard(items: list, rank: int, world: int) -> list:
 # The embedded task: multi-step arithmetic word problems small enough to SFT and RL a tiny LLaDA on a CPU.
 #   "Tom has 3 coins. First he gets 2, second loses 4, third finds 3. How many coins now?"
 #   -> "first: 3+2=5\nsecond: 5-4=1\nthird: 1+3=4" -> \boxed{4}
-# Every value stays in 0..TASK_MAX_VALUE = 0..5, so a step is one lookup in a table of 30 facts (+ or -) on the
-# previous value and an operand copied from the question; difficulty = number of steps. Why this shape: a 4-layer
-# d=128 model learns no two-digit arithmetic in minutes on 2 cores; without the ordinal markers it did not learn,
-# in 1000-1600 steps, to find the k-th operand of a question ("second" in both the question and the trace turns
-# that into a copy by content); with values 0..9 (110 facts) 2000 SFT steps stayed near chance, and with 0..5 it
-# learns to copy operands only after ~2000 steps (experiments/results/sft_start.md: 4000 steps). SFT split: 1-5
-# steps; RL split: 3-5 steps; test and val: 2-5. No system prompt: prompts stay ~35 tokens and SFT teaches the
-# format. Measured on `python sft.py`'s model: bench/task_difficulty.py.
+# Values stay in 0..TASK_MAX_VALUE = 0..5, so a step is one lookup in a table of 30 facts (+ or -) on the previous
+# value and an operand copied from the question; difficulty = number of steps. Why: a 4-layer d=128 model learns no
+# two-digit arithmetic in minutes on 2 cores; without the ordinal markers it did not learn to find the k-th operand
+# in 1000-1600 steps ("second" in question and trace makes it a copy by content); with values 0..9 (110 facts) 2000
+# SFT steps stayed near chance; with 0..5 it copies operands only after ~2000 (experiments/results/sft_start.md:
+# 4000 steps). Splits: SFT 1-5 steps, RL 3-5, test and val 2-5. No system prompt: prompts stay ~35 tokens and SFT
+# teaches the format. Measured on `python sft.py`'s model: bench/task_difficulty.py.
 TASK_SPLITS = {"sft": (1, 5, 80000, 1), "rl": (3, 5, 2000, 2), "test": (2, 5, 500, 3),  # min/max steps, size, seed
                "val": (2, 5, 500, 4)}  # drawn like test, own seed: every setting is chosen on val or rl, never test
 TASK_NAMES = {"Tom": "He", "Sam": "He", "Leo": "He", "Ann": "She", "Mia": "She", "Eva": "She"}
@@ -247,10 +236,8 @@ def task_problem(rng, n_steps, max_value=9):
 
 
 def task_splits(splits=None, max_value=None):
-    """{'sft' | 'rl' | 'test' | 'val': [item]} (splits: None = TASK_SPLITS, read at call time); item keys as the benchmark loaders: id, question, answer, solution.
-    Deterministic from the seeds; a chain (numbers and operations, whatever the wording) is in one split only,
-    and at most once in the test and RL splits."""
-    import random
+    """{'sft' | 'rl' | 'test' | 'val': [items as the benchmark loaders']} (None: TASK_SPLITS, read at call time),
+    deterministic; a chain (numbers and operations, whatever the wording) is in one split only, once outside SFT."""
     splits, held_out, out = splits or TASK_SPLITS, set(), {}
     max_value = TASK_MAX_VALUE if max_value is None else max_value
     for split in ("test", "rl", "val", "sft"):  # held-out splits first, so SFT never sees their chains
@@ -267,11 +254,10 @@ def task_splits(splits=None, max_value=None):
 
 
 # Difficulty levels (experiments/claim.py --level): `task-ext<s>` (e.g. task-ext0.5) replaces a share s of the RL
-# prompts with problems whose chains reach values above TASK_MAX_VALUE, up to TASK_EXT_MAX: numbers SFT never saw,
-# so the start rarely solves them and most of their groups are all wrong (the regime IGPO is for). A level's test
-# set holds the same share, drawn by the same rule on the problem (never by the model's failures), with the RL
-# split's chain lengths, from chains outside the level's RL prompts (a chain may repeat with other wording: nearly
-# every short in-range chain is taken by the held-out splits). `task-ext0` trains on `task`'s RL split.
+# prompts with problems whose values exceed TASK_MAX_VALUE, up to TASK_EXT_MAX: numbers SFT never saw, so the start
+# rarely solves them and most of their groups are all wrong (IGPO's regime). A level's test set holds the same share,
+# by the same rule on the problem (never the model's failures), with the RL chain lengths, chains outside the level's
+# RL prompts (one may repeat reworded: the held-out splits took nearly every short in-range chain).
 TASK_EXT_MAX = 7
 TASK_EXT_RL = (3, 5, 2000, 12)  # out-of-range RL problems: min/max steps, size, seed (drawn like the RL split)
 TASK_LEVEL_TEST = 1000          # problems in a level's test set (test_seed draws it)
@@ -288,7 +274,6 @@ def task_share(name):
 def _task_draw(n, seed, lengths, out_of_range, exclude, distinct, tag):
     """n task problems, each with a chain length drawn from `lengths` (then chains until one fits), whose values
     exceed TASK_MAX_VALUE (out_of_range) or do not, with chains outside `exclude` (each once when `distinct`)."""
-    import random
     rng, items, seen = random.Random(seed), [], set()
     top = TASK_EXT_MAX if out_of_range else TASK_MAX_VALUE
     while len(items) < n:
@@ -304,12 +289,10 @@ def _task_draw(n, seed, lengths, out_of_range, exclude, distinct, tag):
 
 
 def task_level(name, split, test_seed=100):
-    """Items of a task level (`task` or `task-ext<s>`): split 'rl' (the RL prompts: a share s out of range, the rest
-    the RL split's) or 'test' (TASK_LEVEL_TEST problems drawn with test_seed, the same share out of range, chains
-    outside the RL prompts). The RL prompts of `task-ext0` are `task`'s; eval.py's `task` is the task's test split."""
-    import random
+    """Items of a level (`task` or `task-ext<s>`, see above), split 'rl' or 'test' (drawn with test_seed); eval.py's
+    `task` is the task's test split, not a level's test set."""
     share, rl = task_share(name), task_splits()["rl"]
-    if share == 0 and split == "rl":
+    if share == 0 and split == "rl":  # `task-ext0` trains on `task`'s RL split
         return rl
     lo, hi, size, seed = TASK_EXT_RL
     ext_rl = _task_draw(size, seed, range(lo, hi + 1), True, set(), True, "rl-ext")
@@ -330,8 +313,7 @@ def task_level(name, split, test_seed=100):
 
 
 def task_messages(question):
-    """Chat messages of a task prompt: the question alone (no system prompt, see above)."""
-    return [{"role": "user", "content": question}]
+    return build_messages(question, system_prompt=None)  # the question alone: no system prompt (see above)
 
 
 TASK_SPECIAL = ["<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>", "<|start_header_id|>", "<|end_header_id|>",
@@ -345,10 +327,8 @@ LLADA_CHAT_TEMPLATE = (  # LLaDA-8B-Instruct's template (Llama-3 style headers, 
 
 
 def task_tokenizer():
-    """A 181-token word-level tokenizer (transformers PreTrainedTokenizerFast, saved by model.save): the task's
-    words (with and without a leading space), single digits, every printable ASCII character as a fallback,
-    the tags and LLaDA's special tokens. Digits are single tokens so each arithmetic step is a table lookup."""
-    import re
+    """A 181-token word-level PreTrainedTokenizerFast (saved by model.save): the task's words (with and without a
+    leading space), single digits (a step is a table lookup), printable ASCII as fallback, tags, LLaDA's specials."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
     words = sorted({*TASK_NAMES, *TASK_THINGS, *sum(TASK_VERBS.values(), ()), *TASK_ORDINALS, "First", "he", "she",

@@ -56,8 +56,7 @@ class Config:  # a comment starting with [lo, hi] or {a|b} is the field's domain
     dtype: str = "auto"                  # {auto|bfloat16|float32} weights dtype: auto = bfloat16 on GPU, float32 on CPU
 
 
-# The no-flag run is the embedded task on a CPU (100 test problems: ~1 min on 2 free cores); `--preset paper` is
-# the paper's evaluation.
+# No flags: the embedded task on a CPU (100 test problems: ~1 min on 2 free cores); `--preset paper`: the paper's.
 PRESETS = {"task": dict(model="auto", bench="task", limit=100, batch_size=50), "paper": {}}
 
 
@@ -79,22 +78,17 @@ def protocol(bench, gen_length=None, block_length=None, steps=None, temperature=
 
 
 def load_items(bench, data_dir="", limit=0):
+    """(the first `limit` (0: all) test problems of `bench`, their chat-message builder)."""
     if bench.startswith("task"):  # the task's test split, or a difficulty level's test set (data.task_level)
         items = data.task_splits()["test"] if bench == "task" else data.task_level(bench, "test")
-    else:
-        src = os.path.join(data_dir, data.BENCHMARKS[bench]["file"].format(split="test")) if data_dir else None
-        items = data.load_split(bench, "test", source=src)
-    return items[:limit] if limit else items
+        return items[:limit or None], data.task_messages
+    src = os.path.join(data_dir, data.BENCHMARKS[bench]["file"].format(split="test")) if data_dir else None
+    return data.load_split(bench, "test", source=src)[:limit or None], data.build_messages
 
 
 def stop_ids(tokenizer):
     """The ids that end a completion: EOS and <|eot_id|> (LLaDA-Instruct ends its turn with the latter)."""
     return {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|eot_id|>")} - {None, tokenizer.unk_token_id}
-
-
-def decode(tokenizer, ids):
-    """Completion text: tokens up to the first stop id, special tokens dropped."""
-    return tokenizer.decode(S.until_stop(ids, stop_ids(tokenizer)), skip_special_tokens=True)
 
 
 def read_rows(path):
@@ -121,11 +115,10 @@ def wilson(p, n, z=1.96):
 
 def evaluate(model, tokenizer, items, proto, *, out_path=None, messages=data.build_messages, batch_size=8,
              seed=0, desc="eval"):
-    """Generate, score and summarise `items` ({id, question, answer}) under `proto` (see protocol()).
-
-    Call it on every rank with the same items: each rank generates its shard, rows are gathered, and every rank
-    returns the same summary dict (accuracy, ci95, n_problems, n_samples, format_reward, metric). out_path:
-    JSONL to resume from and to write (rank 0); None = in memory only (igpo.py's periodic evaluation)."""
+    """Generate, score and summarise `items` ({id, question, answer}) under `proto` (see protocol()). Call it on
+    every rank with the same items: each generates its shard, rows are gathered, and every rank returns the same
+    summary dict (accuracy, ci95, n_problems, n_samples, format_reward, metric). out_path: JSONL to resume from and
+    to write (rank 0); None = in memory only (igpo.py's periodic evaluation)."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     device = next(model.parameters()).device
     reward.warmup()
@@ -134,43 +127,34 @@ def evaluate(model, tokenizer, items, proto, *, out_path=None, messages=data.bui
              if (it["id"], s) not in done]
     if done and rank == 0:  # resumed: rows a killed run wrote are kept, not generated again
         print(f"{desc}: {len(done)} rows already in {out_path}*; rank 0 generates {len(units)}")
-    part = open(f"{out_path}.rank{rank}.part", "a", encoding="utf-8") if out_path and units else None
+    part = open(f"{out_path}.rank{rank}.part" if out_path and units else os.devnull, "a", encoding="utf-8")
     new, bar = [], tqdm(total=len(units), desc=f"{desc} (rank 0 of {world})", disable=rank != 0)
     model.eval()
-    n_batches = math.ceil(len(units) / batch_size)
     stops = stop_ids(tokenizer)
-    n_batches = launch.all_max(n_batches, device)  # FSDP (igpo.py) needs every rank in every forward: dummy batches
+    n_batches = launch.all_max(math.ceil(len(units) / batch_size), device)  # FSDP (igpo.py): all ranks, all forwards
     for i in range(0, n_batches * batch_size, batch_size):
         batch = units[i:i + batch_size]
-        if not batch:  # a dummy batch: generate, keep nothing
-            ids, attn = M.encode_chat(tokenizer, [messages(items[0]["question"])], prefill=proto["prefill"], device=device)
-            S.generate(model, ids, attention_mask=attn, gen_length=proto["gen_length"], block_length=proto["block_length"],
-                       steps=proto["steps"], temperature=proto["temperature"], remasking=proto["remasking"],
-                       early_exit=True, stop_ids=stops, lockstep=launch.lockstep(device))
-            continue
-        convs = [messages(it["question"]) for it, _ in batch]
+        convs = [messages(it["question"]) for it, _ in batch or [(items[0], 0)]]  # none left: a dummy row, not kept
         ids, attn = M.encode_chat(tokenizer, convs, prefill=proto["prefill"], device=device)  # (b, P)
         gens = [torch.Generator(device).manual_seed(launch.seed(seed, "eval", it["id"], s))
-                for it, s in batch]  # per (problem, sample): independent of batching and world size
+                for it, s in batch] or None  # per (problem, sample): independent of batching and world size
         out = S.generate(model, ids, attention_mask=attn, gen_length=proto["gen_length"],
                          block_length=proto["block_length"], steps=proto["steps"], temperature=proto["temperature"],
                          remasking=proto["remasking"], generator=gens, early_exit=True, stop_ids=stops,
                          lockstep=launch.lockstep(device))  # (b, P + gen_length); the text to a stop is exact
         for (it, s), conv, row_ids in zip(batch, convs, out[:, ids.shape[1]:].tolist()):
-            text = proto["prefill"] + decode(tokenizer, row_ids)  # the prefill is part of the answer's format
+            text = tokenizer.decode(S.until_stop(row_ids, stops), skip_special_tokens=True)  # up to the first stop
+            text = proto["prefill"] + text  # the prefill is part of the answer's format
             pred = reward.extract_answer(text)
             row = dict(id=it["id"], sample=s, completion=text, extracted=pred, gold=it["answer"],
                        correct=reward.is_equiv(pred, it["answer"]), format=reward.format_reward(text),
                        prompt=tokenizer.apply_chat_template(conv, add_generation_prompt=True, tokenize=False))
             new.append(row)
-            if part:
-                part.write(json.dumps(row) + "\n")
-        if part:
-            part.flush()
+            part.write(json.dumps(row) + "\n")
+        part.flush()
         bar.update(len(batch))
     bar.close()
-    if part:
-        part.close()
+    part.close()
     if world > 1:
         gathered = [None] * world
         dist.all_gather_object(gathered, new)  # ranks hold different counts: lists of any length are fine
@@ -181,10 +165,9 @@ def evaluate(model, tokenizer, items, proto, *, out_path=None, messages=data.bui
     rows = [done[key] for key in keys]  # problem order, then sample order
     if out_path and rank == 0:  # keep every row ever written (also of problems outside this run's --limit)
         ours = set(keys)
-        tmp = out_path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with open(out_path + ".tmp", "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows + [r for key, r in done.items() if key not in ours])
-        os.replace(tmp, out_path)
+        os.replace(out_path + ".tmp", out_path)
         for f in glob.glob(glob.escape(out_path) + ".rank*.part"):
             os.remove(f)
     per_problem = [sum(r["correct"] for r in rows[j:j + k]) / k for j in range(0, len(rows), k)]
@@ -204,9 +187,9 @@ def evaluate_fresh(model, tokenizer, bench, limit, out_path, batch_size=8, seed=
             os.remove(f)
     if dist.is_initialized():
         dist.barrier()
-    msgs = data.task_messages if bench.startswith("task") else data.build_messages
-    return evaluate(model, tokenizer, load_items(bench, limit=limit), protocol(bench), out_path=out_path,
-                    messages=msgs, batch_size=batch_size, seed=seed)
+    items, msgs = load_items(bench, limit=limit)
+    return evaluate(model, tokenizer, items, protocol(bench), out_path=out_path, messages=msgs,
+                    batch_size=batch_size, seed=seed)
 
 
 def fmt_acc(res):
@@ -254,8 +237,7 @@ def main(argv=None):
     for bench in cfg.bench.split(","):
         proto = protocol(bench, cfg.gen_length, cfg.block_length, cfg.steps, cfg.temperature, cfg.samples,
                          cfg.remasking, cfg.prefill)
-        items = load_items(bench, cfg.data_dir, cfg.limit)
-        msgs = data.task_messages if bench.startswith("task") else data.build_messages
+        items, msgs = load_items(bench, cfg.data_dir, cfg.limit)
         out_path = os.path.join(cfg.out_dir, f"{bench}.jsonl")
         check_settings(out_path + ".settings.json", dict(model=cfg.model, seed=cfg.seed, **proto), rank)
         t0 = time.time()

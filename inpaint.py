@@ -55,10 +55,7 @@ def place(spans, factor, max_gap, limit):
     max_gap, all cut at `limit` (O's scale_chunk_positions). factor=1, max_gap=inf gives the trace index itself."""
     out = []
     for i, (s, e) in enumerate(spans):
-        if i == 0:
-            start = int(s * factor)
-        else:
-            start = out[-1][1] + min(int((s - spans[i - 1][1]) * factor), max_gap)
+        start = int(s * factor) if i == 0 else out[-1][1] + min(int((s - spans[i - 1][1]) * factor), max_gap)
         if start >= limit:
             break
         out.append((start, min(start + e - s, limit)))
@@ -67,11 +64,9 @@ def place(spans, factor, max_gap, limit):
 
 def build_hints(trace, G, gen_length, mask_id, *, gen, answer_start=None, s_min=5, s_max=10, eta_low=0.2,
                 eta_high=0.6, stretch=False, max_gap=100, reserve=30, reveal_last=False, rechunk=False):
-    """Hint rows for G inpainted rollouts of one prompt.
-
-    trace: 1-D token ids of the reference solution; trace[answer_start:] is its final answer (None: no answer in it).
-    Returns hints (G, L) long (hint ids, mask_id elsewhere: the sampler's format), hint_mask (G, L) bool, etas (G,).
-    """
+    """Hint rows for G inpainted rollouts of one prompt. trace: 1-D token ids of the reference solution;
+    trace[answer_start:] is its final answer (None: no answer in it). Returns hints (G, L) long (hint ids, mask_id
+    elsewhere: the sampler's format), hint_mask (G, L) bool, etas (G,)."""
     trace = torch.as_tensor(trace, dtype=torch.long)
     if not reveal_last and answer_start is not None:
         trace = trace[:answer_start]  # P: hints never contain the final answer

@@ -56,7 +56,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d):
         """Build from a config.json dict; a known field of the wrong type is an error naming it."""
-        kw, extra = {}, {}
+        kw = {}
         for f in fields(cls):
             if f.name in ("extra", "code") or f.name not in d:
                 continue
@@ -66,17 +66,14 @@ class ModelConfig:
             if not isinstance(v, want) or (want is int and isinstance(v, bool)):
                 raise TypeError(f"config field {f.name!r} must be {want.__name__}, got {v!r}")
             kw[f.name] = v
-        for k, v in d.items():
-            if k not in kw and k != "extra":
-                extra[k] = v
+        extra = {k: v for k, v in d.items() if k not in kw and k != "extra"}
         for k, want in LLADA_ARCH.items():  # deviation 1: refuse architectures this forward does not implement
             if k in extra and extra[k] != want:
                 raise ValueError(f"config field {k!r}={extra[k]!r} is not supported (only {want!r})")
         return cls(**kw, extra=extra)
 
     def to_dict(self):
-        d = {**LLADA_ARCH, **self.extra, **{k: v for k, v in asdict(self).items() if k not in ("extra", "code")}}
-        return d
+        return {**LLADA_ARCH, **self.extra, **{k: v for k, v in asdict(self).items() if k not in ("extra", "code")}}
 
 
 # LLaDA-8B's fixed choices this forward implements, saved in every config.json for LLaDA's own modeling code.
@@ -309,17 +306,12 @@ def load_adapter(model, path):
     model.load_state_dict(sd, strict=False)
     return model
 
+
 def _read_state_dict(path):
     from safetensors.torch import load_file
     index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.exists(index):
-        files = sorted(set(json.load(open(index))["weight_map"].values()))
-    else:
-        files = ["model.safetensors"]
-    sd = {}
-    for f in files:
-        sd.update(load_file(os.path.join(path, f)))
-    return sd
+    files = sorted({*json.load(open(index))["weight_map"].values()}) if os.path.exists(index) else ["model.safetensors"]
+    return {k: v for f in files for k, v in load_file(os.path.join(path, f)).items()}
 
 
 def check_state_dict(model, sd):
@@ -357,11 +349,10 @@ def load(path, dtype=torch.float32, device="cpu"):
 
 
 def save(model, tokenizer, path, max_shard_bytes=5 * 2**30, extra_files=None, state_dict=None):
-    """Write config.json, safetensors (sharded above max_shard_bytes, with an index), the tokenizer files and any
-    remote-code files into a temp directory, then rename it over `path`, so a crash never leaves a half-written
-    checkpoint. A LoRA model is saved merged (LLaDA keys), plus its adapter alone in path/adapter.
-    state_dict: the full state dict when the model is sharded (launch.full_state_dict; rank 0 saves).
-    extra_files: {name: json-serialisable obj} written beside (run config, metrics)."""
+    """Write config.json, safetensors (sharded above max_shard_bytes, with an index), the tokenizer and any remote-code
+    files into a temp directory, then rename it over `path`: a crash never leaves a half-written checkpoint. A LoRA
+    model is saved merged (LLaDA keys), plus its adapter alone in path/adapter. state_dict: the full state dict of a
+    sharded model (launch.full_state_dict; rank 0 saves). extra_files: {name: JSON-able obj} (run config, metrics)."""
     from safetensors.torch import save_file
     path = os.path.abspath(path)
     parent = os.path.dirname(path)
@@ -396,11 +387,9 @@ def save(model, tokenizer, path, max_shard_bytes=5 * 2**30, extra_files=None, st
     for name, text in model.config.code.items():
         with open(os.path.join(tmp, name), "w") as f:
             f.write(text)
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=2)
     if tokenizer is not None:
         _save_tokenizer(tokenizer, tmp)
-    for name, obj in (extra_files or {}).items():
+    for name, obj in {"config.json": cfg, **(extra_files or {})}.items():
         with open(os.path.join(tmp, name), "w") as f:
             json.dump(obj, f, indent=2)
     old = path + ".old"
@@ -426,10 +415,9 @@ def _save_tokenizer(tokenizer, path):
 
 
 def encode_chat(tokenizer, conversations, prefill="", device=None):
-    """Chat-template prompts with the generation prompt, add_special_tokens=False (the template already holds
-    BOS), left-padded with pad (= EOS in LLaDA). conversations: list of [{"role", "content"}, ...].
-    prefill: text appended after the assistant header (d1's eval starts the answer with "<reasoning>").
-    Returns input_ids (B, P) and attention_mask (B, P) (1 = real token)."""
+    """Chat-template prompts with the generation prompt, add_special_tokens=False (the template holds BOS), left-padded
+    with pad (= EOS in LLaDA); conversations: [[{"role", "content"}, ...], ...]; prefill: text after the assistant
+    header (d1's eval: "<reasoning>"). Returns input_ids (B, P) and attention_mask (B, P) (1 = real token)."""
     texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) + prefill
              for c in conversations]
     rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]

@@ -76,14 +76,9 @@ def extract_answer(text) -> str | None:
     """The answer a completion gives: last boxed, else the last `<answer>` span, else the last number."""
     if not isinstance(text, str):
         return None
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return boxed
     span = text.rpartition("<answer>")[2].split("</answer>")[0].strip() if "<answer>" in text else ""
-    if span:
-        return span
     numbers = _NUMBER.findall(text)
-    return numbers[-1].replace(",", "") if numbers else None
+    return last_boxed(text) or span or (numbers[-1].replace(",", "") if numbers else None)
 
 
 # ----------------------------------------------------------------------------- fast paths

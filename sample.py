@@ -97,9 +97,8 @@ def _uniforms(generator, rows, n_rows, shape, device):
 
 
 def _select(conf, masked, counts, threshold):
-    """(B, K) bool, the positions to commit: LLaDA's counts[j] most confident masked positions of row j (conf is
-    -inf elsewhere), or with a threshold (fast mode) every masked position with conf >= threshold plus the most
-    confident one."""
+    """(B, K) bool, the positions to commit: LLaDA's counts[j] most confident masked positions of row j (conf: -inf
+    elsewhere), or with a threshold (fast mode) every masked one with conf >= threshold plus the most confident."""
     if threshold is not None:
         top = torch.zeros_like(masked).scatter_(1, conf.argmax(dim=1, keepdim=True), True)
         return masked & ((conf >= threshold) | top)
@@ -115,17 +114,16 @@ def _select(conf, masked, counts, threshold):
 def generate(model, prompt_ids, *, gen_length, block_length, steps, temperature=0.0, remasking="low_confidence",
              hints=None, attention_mask=None, cfg_scale=0.0, generator=None, return_steps=False, mask_id=None,
              early_exit=False, stop_ids=None, threshold=None, cache=None, lockstep=None):
-    """prompt_ids (B, P) -> (B, P + L). attention_mask (B, P): key padding of a left-padded prompt batch; None is
-    the no-mask mode of the reference runs. hints (B, L): hint ids, mask id elsewhere. generator: a
-    torch.Generator or a list of B of them. return_steps: also return (B, L) int, the step b * steps_per_block + i
-    at which each generated token was committed (with a threshold: steps_per_block = block_length; -1 for hints; with
-    early exit, the positions still masked when the row left hold that step). early_exit: see the module
-    docstring; stop_ids: the ids that end a row (default: EOS only; pass EOS and <|eot_id|> when the reader of
-    the output cuts at either). threshold, cache: fast mode (module docstring); None, None is LLaDA's sampler.
-    lockstep: None, or f(need: bool) -> bool called by every process at every step, True when any process needs
-    that step's forward (under FSDP every rank must run every forward, so a process whose rows have nothing to do
-    runs a discarded one; igpo/eval pass an all_reduce of `need`). Under torch.distributed without a lockstep,
-    every process runs every step's forward: safe for FSDP, but without the savings of skipped steps."""
+    """prompt_ids (B, P) -> (B, P + L). attention_mask (B, P): key padding of a left-padded prompt batch; None is the
+    no-mask mode of the reference runs. hints (B, L): hint ids, mask id elsewhere. generator: a torch.Generator or a
+    list of B of them. return_steps: also return (B, L) int, the step b * steps_per_block + i at which each generated
+    token was committed (with a threshold: steps_per_block = block_length; -1 for hints; with early exit, the positions
+    still masked when the row left hold that step). early_exit: see the module docstring; stop_ids: the ids that end a
+    row (default: EOS only; pass EOS and <|eot_id|> when the reader of the output cuts at either). threshold, cache:
+    fast mode (module docstring); None, None is LLaDA's sampler. lockstep: None, or f(need: bool) -> bool called by
+    every process at every step, True when any process needs that step's forward (under FSDP every rank must run every
+    forward, so a process whose rows have nothing to do runs a discarded one; igpo/eval pass an all_reduce of `need`).
+    Under torch.distributed without a lockstep, every process runs every forward: safe for FSDP, no skipped steps."""
     mask_id = model.config.mask_token_id if mask_id is None else mask_id
     eos = model.config.eos_token_id
     B, P = prompt_ids.shape

@@ -45,8 +45,7 @@ class Config:  # a comment starting with [lo, hi] or {a|b} is the field's domain
     out_dir: str = "checkpoints/sft"  # checkpoint dir (HF format + optim.pt + trainer_state.json)
     max_len: int = 1024              # [1, inf) response tokens kept, EOT included (paper: concise traces <= ~1k)
     too_long: str = "drop"           # {drop|truncate} longer responses: drop (the paper filters them) | truncate
-    resp_len: int = 0                # [0, inf) pad responses with EOS to this many tokens (the RL gen_length); 0 =
-                                     # the longest
+    resp_len: int = 0                # [0, inf) EOS-pad responses to this length (the RL gen_length); 0 = the longest
     max_samples: int = 0             # [0, inf) use the first N pairs (0 = all)
     epochs: float = 3.0              # (0, inf) passes over the data (LLaDA SFT: 3)
     steps: int = 0                   # [0, inf) optimizer steps; 0 = derived from epochs
@@ -166,9 +165,8 @@ def collate(pairs, idx, step, cfg, eos_id):
 
 
 def build_model(cfg):
-    """(model, tokenizer) in fp32 on CPU: resumed, loaded, or a fresh tiny LLaDA for the embedded task; with
-    --lora_rank, adapters on top (a resumed LoRA run reloads the base and its saved adapter: the checkpoint's own
-    weights are merged)."""
+    """(model, tokenizer) in fp32 on CPU: resumed, loaded, or a fresh tiny LLaDA for the task; --lora_rank adds
+    adapters (a LoRA resume reloads the base and the saved adapter: the checkpoint's own weights are merged)."""
     resuming = cfg.resume and os.path.exists(os.path.join(cfg.out_dir, "trainer_state.json"))
     if resuming and cfg.lora_rank:
         model, tok = launch.load_model(cfg.model)
@@ -181,17 +179,6 @@ def build_model(cfg):
         model = M.LLaDA(mc).init_weights(generator=torch.Generator().manual_seed(cfg.seed))
     targets = tuple(cfg.lora_targets.split(","))
     return M.add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, targets), tok
-
-
-def save_checkpoint(cfg, model, opt, tok, state):
-    """HF-format weights + optimizer + run state, atomically over out_dir (launch.save_checkpoint)."""
-    launch.save_checkpoint(model, tok, cfg.out_dir, opt=opt,
-                           extra_files={"sft_config.json": asdict(cfg), "trainer_state.json": state})
-
-
-def lr_at(step, total, cfg):
-    """Linear warmup, then cosine decay to min_lr_ratio * lr (LLaDA's SFT schedule)."""
-    return launch.lr_at(step, total, cfg.lr, cfg.warmup, cfg.min_lr_ratio, decay="cosine")
 
 
 def train(cfg):
@@ -236,8 +223,9 @@ def train(cfg):
         denom = torch.tensor(float(cfg.global_batch))
         if cfg.loss_norm == "batch":  # response tokens (EOS padding included) of the whole global batch
             denom = launch.all_sum(sum((ids.shape[1] - plen).sum() for ids, _, plen, _, _ in micro).float())
+        lr = launch.lr_at(step, total, cfg.lr, cfg.warmup, cfg.min_lr_ratio, decay="cosine")  # LLaDA's SFT schedule
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, total, cfg)
+            g["lr"] = lr
         torch.manual_seed(launch.seed(cfg.seed, "dropout", step, rank))  # LoRA dropout: a function of the step
         loss_sum = torch.zeros((), device=device)
         for k, (ids, attn, plen, t, mask) in enumerate(micro):
@@ -257,12 +245,13 @@ def train(cfg):
             opt.step()
         opt.zero_grad(set_to_none=True)
         if (step + 1) % cfg.log_every == 0 or step + 1 == total or not ok:
-            log(f"step {step + 1}/{total} loss {loss_sum.item():.4f} lr {lr_at(step, total, cfg):.2e} "
+            log(f"step {step + 1}/{total} loss {loss_sum.item():.4f} lr {lr:.2e} "
                 f"gnorm {gnorm:.3f}{'' if ok else ' skipped (non-finite)'} {time.time() - t0:.0f}s")
         stop = launch.stop_requested(device)
         state["step"] = step + 1
-        if step + 1 in (total, cfg.stop_at) or (step + 1) % cfg.save_every == 0 or stop:
-            save_checkpoint(cfg, model, opt, tok, state)
+        if step + 1 in (total, cfg.stop_at) or (step + 1) % cfg.save_every == 0 or stop:  # weights, optimizer, state
+            launch.save_checkpoint(model, tok, cfg.out_dir, opt=opt,
+                                   extra_files={"sft_config.json": asdict(cfg), "trainer_state.json": state})
         if step + 1 == cfg.stop_at or stop:
             log(f"stopped at step {step + 1}{' (SIGTERM)' if stop else ''}; --resume on continues from it")
             break
