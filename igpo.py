@@ -1,21 +1,14 @@
 """IGPO: Inpainting-Guided Policy Optimization for masked diffusion LLMs (arXiv 2509.10396, Algorithm 1).
 
-GRPO on a dLLM wastes every group whose G rollouts are all wrong: their advantages r - mean(r) are zero, so is
-their gradient. IGPO re-samples such a group with chunks of the ground-truth reasoning trace fixed in the canvas
-(inpainting: the diffusion sampler fills in around them), keeps the inpainted rollouts that verify as correct,
-and lets them replace up to ⌊λG⌋ of the wrong ones. Hint tokens are off-policy, so only the top-τ of them by the
-old policy's entropy stay in the loss (entropy filter). One rollout batch = `make_batch`, four phases:
+GRPO learns nothing from a group whose G rollouts are all wrong (zero advantages). IGPO re-samples it with chunks of
+the reference trace fixed in the canvas (inpainting); up to ⌊λG⌋ rollouts that verify replace wrong ones. Hint tokens
+are off-policy: only the top-τ by old-policy entropy stay in the loss (entropy filter). A rollout batch (make_batch):
   1. roll_out           G completions per prompt, rewarded (correctness + format)
-  2. rescue             all_wrong groups -> inpaint_groups (hints fixed in the canvas; inpaint.py, sample.py) ->
-                        verify -> pick_replacements. --rescue hints (IGPO) | resample (the sample-matched
-                        baseline: G re-samples without hints) | off (GRPO)
+  2. rescue             all_wrong groups -> inpaint_groups -> verify -> pick_replacements (--rescue hints, IGPO)
   3. group_advantages   A_i = r_i - mean_group(r) (P, O: no std division, also for GRPO)
-  4. old_logps          old-policy log-probs and entropies, reference log-probs, for the μ iterations
+  4. old_logps          old and reference log-probs, old entropies: per iteration j of μ, on the input the update
+                        of j sees (d1's estimator, P and O: one forward, the completion masked, see estimator_inputs)
 then μ optimizer steps of `update`: entropy filter (the `keep` mask) -> clipped surrogate + k3 KL (`grpo_loss`).
-Log-probs (d1's estimator, as O): the completion is fully masked (prompt tokens with probability p_mask_prompt,
-seeded per iteration) and log π(y_k) is read off one forward at position k; old, reference and current policy
-see the same input in iteration j. With --ratio sequence_all (O's GSPO ratio, the paper preset) a sequence's
-ratio averages over all its positions, so tokens the filter drops still shape the ratio of the kept ones.
 
 Behaves differently from the paper (P) or the official code (O); each flag's --help shows both values:
   --reveal_last  P: hints never contain the final answer. O always reveals the trace's last chunk, answer included.
@@ -23,20 +16,16 @@ Behaves differently from the paper (P) or the official code (O); each flag's --h
   --stretch      P: hints sit at their index in the trace. O stretches their positions (inpaint.py).
   --logp         d1 (P, O) | trajectory: each token scored in the canvas the sampler committed it in (TraceRL).
   --reward_rule  official (O: the first \\boxed, none = 0; the paper preset) | lenient (eval.py's extraction).
-  --loss_norm    group (O): each group's mean over its kept tokens, then the mean over groups | token: one mean
-                 over the kept tokens of the global batch (the task preset).
+  --loss_norm    group (O): the mean over groups of each one's kept-token mean | token: over the batch's kept tokens.
   --lr_epochs    O's lr decays linearly to 0 over its whole run, 10 epochs (~9.4K steps); 0 = over --steps.
   --max_prompt   O keeps the last 600 prompt tokens; 0 = no limit.
-Declared, no flag: (1) O's instruction is a plain Python string, so its model reads a backspace and "oxed" where
-we send \\boxed (data.SYSTEM_PROMPT). (2) Hint source: the trace in the response format, cut before its first
-\\boxed; O: "<reasoning>\\n" + the raw MetaMathQA response ("#### N", "The answer is: N" included). (3) Log-probs
-and entropies come from fp32 logits (O: bf16, whose entropies often tie; O's topk keeps an arbitrary one). (4)
-HF's warmup gives O's first update lr 0; ours gets lr / warmup.
-Notes (same values up to float rounding): rows with identical log-prob inputs (every rollout of a prompt when
-p_mask_prompt = 0) share one forward; every rank samples as many inpainted rows as the busiest (padding), so
-FSDP's collectives line up; seeds use global indices, so no draw depends on the world size.
-Resume (--resume on): every random draw is seeded by (seed, step or batch, row) (launch.seed), so a checkpoint
-(policy, optimizer, step) restores every stream; SIGTERM finishes the rollout batch, saves and exits 0.
+Declared, no flag: (1) O's instruction is a plain Python string: its model reads a backspace and "oxed" for \\boxed
+(data.SYSTEM_PROMPT). (2) Hints: the trace in the response format up to its first \\boxed (O: "<reasoning>\\n" + the
+raw MetaMathQA response, "#### N" and "The answer is: N" included). (3) Log-probs and entropies from fp32 logits (O:
+bf16, entropies often tie; its topk keeps any one). (4) O's first update has lr 0 (HF's warmup), ours lr / warmup.
+Same values up to float rounding: identical log-prob inputs (a prompt's rollouts when p_mask_prompt = 0) share one
+forward; each rank samples as many inpainted rows as the busiest (FSDP's collectives line up). Seeds use global
+indices (launch.seed): no draw depends on the world size, a checkpoint resumes every stream (--resume on).
 Launch:  python igpo.py                                    # embedded task, tiny LLaDA, 2 CPU cores, ~3-10 min
          python igpo.py --rescue off                       # GRPO;  --rescue resample: the sample-matched baseline
          torchrun --nproc_per_node=8 igpo.py --preset paper --model PATH_TO_SFT_CHECKPOINT
@@ -80,9 +69,7 @@ class Config:  # a comment starting with [lo, hi] or {a|b} is the field's domain
     temperature: float = 1.2           # [0, inf) rollout temperature (O)
     fast_threshold: float = 0.0        # [0, 1] fast rollouts: commit every token with confidence >= this (0 = exact)
     fast_cache: str = ""               # {""|prefix|dual} fast rollouts: approximate KV cache (sample.py; "" = none)
-    rescue: str = "hints"              # {hints|resample|off} what happens to an all-wrong group: hints = IGPO (G
-                                       # re-samples with hints; correct ones replace wrong ones), resample = the
-                                       # sample-matched baseline (G re-samples without hints), off = GRPO
+    rescue: str = "hints"              # {hints|resample|off} all-wrong groups: IGPO | sample-matched: no hints | GRPO
     eta: tuple = (0.2, 0.6)            # [0, 1] hint ratio range lo,hi: eta ~ U[lo, hi] per hinted rollout (P, O)
     chunk: tuple = (5, 10)             # [1, inf) hint chunk sizes lo,hi in tokens, inclusive (O)
     lam: float = 0.5                   # [0, 1] replace at most floor(lam * G) wrong rollouts per group (O: 4 of 8)
@@ -91,22 +78,19 @@ class Config:  # a comment starting with [lo, hi] or {a|b} is the field's domain
     rechunk: bool = True               # on: each hinted rollout chunks the trace anew (O); off: once per group
     reserve: int = 30                  # [0, inf) last positions of the window never hinted (O)
     reveal_last: bool = False          # on: O, the trace's last chunk (the answer) is always shown; off: P, never
-    withhold: str = "answer"           # {answer|step} hints never show the final answer (P) | nor the reasoning's
-                                       # last line, whose result is the answer (an ablation; README's "Does it work")
+    withhold: str = "answer"           # {answer|step} hints hide the answer (P) | + the last reasoning line (ablation)
     mu: int = 4                        # [1, inf) inner updates per rollout batch (O: num_iterations)
     eps: float = 0.2                   # (0, 1) clip range of the ratio (P, O)
     beta: float = 0.01                 # [0, inf) k3 KL weight to the reference policy; 0 = no reference (O: 0.01)
-    ratio: str = "sequence_all"        # {token|sequence|sequence_all} importance ratio: token | sequence (GSPO,
-                                       # mean log-ratio over kept tokens) | sequence_all (O's use_gspo: mean over
-                                       # all gen_length positions)
+    ratio: str = "sequence_all"        # {token|sequence|sequence_all} importance ratio: token | sequence (GSPO over
+                                       # kept tokens) | sequence_all (O's use_gspo: mean over all gen_length positions)
     loss_norm: str = "group"           # {token|group} mean over the kept tokens: of the batch | of each group (O)
     logp: str = "d1"                   # {d1|trajectory} log-prob estimator (d1: P, O; see the docstring)
     logp_group: int = 1                # [1, inf) trajectory: sampler steps scored per forward (a block's = block TF)
     p_mask_prompt: float = 0.0         # [0, 1) prompt-token mask probability in the log-prob forward (d1 option)
     post_eos: bool = False             # on: O, tokens after the first EOS in the loss and reward; off: P, neither
     lr: float = 5e-7                   # [0, inf) AdamW peak lr, after a linear warmup, then linear decay (O)
-    lr_epochs: float = 10.0            # [0, inf) the lr reaches 0 after this many epochs of prompts x mu (O: 10,
-                                       # HF's linear schedule, ~9.4K steps on MetaMathQA); 0 = at --steps
+    lr_epochs: float = 10.0            # [0, inf) epochs of prompts x mu until the lr is 0 (O: 10, HF); 0 = at --steps
     betas: tuple = (0.9, 0.99)         # [0, 1) AdamW betas (O)
     weight_decay: float = 0.1          # [0, inf) AdamW weight decay (O)
     grad_clip: float = 0.2             # (0, inf) max global grad norm (O)
@@ -132,10 +116,8 @@ class Config:  # a comment starting with [lo, hi] or {a|b} is the field's domain
     dist_timeout: int = 1800           # [1, inf) seconds a collective may wait (a dead or hung rank) before all fail
 
 
-# `python igpo.py` = the embedded task on a CPU (lr chosen on val: experiments/rl_settings.py); `--preset paper` =
-# the paper's run.
 TASK_DEFAULT_MODEL = "checkpoints/task-sft"  # committed; `python sft.py` makes it when missing (only this path)
-PRESETS = {
+PRESETS = {  # python igpo.py: the embedded task on a CPU (lr chosen on val: experiments/rl_settings.py); paper: P's run
     "task": dict(model=TASK_DEFAULT_MODEL, data="task", out_dir="runs/igpo-task", steps=40, prompts_per_step=16,
                  micro_batch=128, gen_length=data.TASK_SAMPLING["gen_length"], mu=2,
                  block_length=data.TASK_SAMPLING["block_length"], diffusion_steps=data.TASK_SAMPLING["steps"],
@@ -177,8 +159,7 @@ class Batch:
 # ------------------------------------------------------------------------------------- 1. roll out and reward
 
 def roll_out(policy, tok, items, messages, cfg, batch_idx, first, device):
-    """G completions per prompt and their rewards: a Batch without advantages and log-probs yet. `first` is the
-    global index of this rank's first prompt (seeds use global indices, so no draw depends on the world size)."""
+    """G completions per prompt and their rewards: a Batch without advantages and log-probs (`first`: global index)."""
     G = cfg.G
     convs = [messages(it["question"]) for it in items for _ in range(G)]
     prompt, attn = M.encode_chat(tok, convs, device=device)
@@ -193,8 +174,7 @@ def roll_out(policy, tok, items, messages, cfg, batch_idx, first, device):
 
 
 def sample_rows(policy, prompt_ids, prompt_attn, cfg, seeds, hints=None):
-    """One completion per row and the step at which each token was committed, (B, L) each; each row has its own
-    generator seed, so a rollout is reproducible."""
+    """One completion per row and the step at which each token was committed, (B, L) each; one seed per row."""
     out, order = [], []
     for k in range(0, len(prompt_ids), cfg.micro_batch):
         sl = slice(k, k + cfg.micro_batch)
@@ -228,20 +208,15 @@ def all_wrong(correct, G):
 
 
 def rescue(policy, tok, items, b, cfg, first):
-    """Algorithm 1's inpainting step. Every all-wrong group is re-sampled G times with hints from its reference
-    trace (inpaint.py; --rescue resample: without hints), the new rollouts are verified, and up to ⌊λG⌋ correct
-    ones are chosen. Returns the
-    replacement rows: (rows of b to overwrite (R,), completions (R, L), commit steps (R, L), correctness (R,),
-    reward (R,), hint mask (R, L)). Called on every rank, also with no all-wrong group: FSDP needs every rank in every forward."""
+    """Algorithm 1's inpainting step, on every rank (FSDP): all-wrong groups with a trace re-sampled G times, up to ⌊λG⌋
+    verified picked. Returns (rows of b to overwrite, completions, commit steps, correctness, reward, hint mask)."""
     G = cfg.G
     groups = [gi for gi in all_wrong(b.correct, G).nonzero().squeeze(1).tolist() if has_trace(items[gi])]  # IGPO acts
     hinted = inpaint_groups(policy, tok, [(gi, items[gi]) for gi in groups], b.prompt, b.attn, cfg, b.idx, first)
-    hinted_correct = hinted[2]  # hinted = (completions, commit steps, correctness, reward, hint mask)
     rows, src = [], []
     for k, gi in enumerate(groups):
-        new_correct = hinted_correct[k * G:(k + 1) * G]
         gen = torch.Generator().manual_seed(launch.seed(cfg.seed, "pick", b.idx, first + gi))
-        pick = pick_replacements(new_correct, cfg.lam, gen)                                 # (K,)
+        pick = pick_replacements(hinted[2][k * G:(k + 1) * G], cfg.lam, gen)  # (K,) of the group's correctness
         rows += range(gi * G, gi * G + len(pick))  # all originals are wrong: overwrite the first K of the group
         src += (k * G + pick).tolist()
     rows, src = torch.tensor(rows, dtype=torch.long), torch.tensor(src, dtype=torch.long)
@@ -261,11 +236,9 @@ def pick_replacements(new_correct, lam, gen):
 
 
 def inpaint_groups(policy, tok, groups, prompt_ids, prompt_attn, cfg, batch_idx, first):
-    """G hinted rollouts for each (local group index, item) in `groups`: (completions (nG, L), commit steps (nG, L),
-    correctness (nG,), total reward (nG,), hint mask (nG, L)). Seeds use the global group index (first + local). Every rank samples
-    the same number of rows, padding with discarded hint-free rows."""
+    """G hinted rollouts per (local group, item): (completions, steps (nG, L), correct, reward (nG,), hints (nG, L))."""
     G, L, mask_id = cfg.G, cfg.gen_length, policy.config.mask_token_id
-    hints, masks, seeds, golds = [], [], [], []
+    hints, seeds = [], []
     for gi, item in groups:
         h = torch.full((G, L), mask_id)  # --rescue resample: nothing revealed (the sample-matched baseline)
         if cfg.rescue == "hints":
@@ -276,22 +249,17 @@ def inpaint_groups(policy, tok, groups, prompt_ids, prompt_attn, cfg, batch_idx,
                                           eta_high=cfg.eta[1], stretch=cfg.stretch, reserve=cfg.reserve,
                                           reveal_last=cfg.reveal_last, rechunk=cfg.rechunk)
         hints.append(h)
-        masks.append(h != mask_id)
         seeds += [launch.seed(cfg.seed, "inpaint", batch_idx, (first + gi) * G + r) for r in range(G)]
-        golds += [item["answer"]] * G
     n = len(groups) * G
-    n_max = launch.all_max(n, prompt_ids.device)
-    no_rows = torch.zeros(0, L, dtype=torch.long)
-    empty = (no_rows, no_rows, torch.zeros(0), torch.zeros(0), torch.zeros(0, L, dtype=torch.bool))
+    n_max = launch.all_max(n, prompt_ids.device)  # every rank samples n_max rows: the rest are discarded padding
     if n_max == 0:
-        return empty
+        no = torch.zeros(0, L, dtype=torch.long)
+        return no, no, torch.zeros(0), torch.zeros(0), no.bool()
     rows = torch.cat([torch.arange(gi * G, gi * G + G) for gi, _ in groups] + [torch.zeros(n_max - n).long()])
     hints = torch.cat(hints + [torch.full((n_max - n, L), mask_id)]).to(prompt_ids.device)
     comp, order = sample_rows(policy, prompt_ids[rows], prompt_attn[rows], cfg, seeds + [0] * (n_max - n), hints)
-    if n == 0:
-        return empty
-    correct, total = rewards(tok, comp[:n].cpu(), golds, cfg)
-    return comp[:n], order[:n], correct, total, torch.cat(masks).to(comp.device)
+    correct, total = rewards(tok, comp[:n].cpu(), [it["answer"] for _, it in groups for _ in range(G)], cfg)
+    return comp[:n], order[:n], correct, total, hints[:n] != mask_id
 
 
 # ----------------------------------------------------------------------------------------------- 3. advantages
@@ -305,45 +273,35 @@ def group_advantages(total, G):
 # ----------------------------------------------------------------------------------------- 4. old/ref log-probs
 
 def old_logps(policy, ref, b, cfg):
-    """Per iteration j of μ: old-policy log-probs and entropies, and reference log-probs, each (B, L), from the
-    estimator inputs that the update of iteration j will use too (the same for every j unless d1 masks prompts)."""
-    old, ent, refs = [], [], [] if cfg.beta > 0 else None
+    """Per iteration j of μ: old-policy log-probs and entropies, reference log-probs (B, L), from j's update inputs."""
+    fresh = cfg.mu if cfg.logp == "d1" and cfg.p_mask_prompt > 0 else 1  # iterations with inputs of their own
+    old, ent, refs = [], [], []
     with torch.no_grad():
-        for j in range(cfg.mu):
-            if j > 0 and not (cfg.logp == "d1" and cfg.p_mask_prompt > 0):  # same inputs as j = 0
-                old.append(old[0])
-                ent.append(ent[0])
-                if refs is not None:
-                    refs.append(refs[0])
-                continue
+        for j in range(fresh):
             inputs, attn = estimator_inputs(b, j, cfg, policy.config.mask_token_id)
-            parts = [estimate_logps(policy, inputs, attn, b.comp, slice(k, k + cfg.micro_batch), True)
-                     for k in range(0, len(b.comp), cfg.micro_batch)]
-            old.append(torch.cat([p[0] for p in parts]))
-            ent.append(torch.cat([p[1] for p in parts]))
-            if refs is not None:
+            lp, en = zip(*[estimate_logps(policy, inputs, attn, b.comp, slice(k, k + cfg.micro_batch), True)
+                           for k in range(0, len(b.comp), cfg.micro_batch)])
+            old.append(torch.cat(lp))
+            ent.append(torch.cat(en))
+            if cfg.beta > 0:
                 refs.append(reference_logps(policy, ref, inputs, attn, b.comp, cfg.micro_batch))
-    return old, ent, refs
+    pad = cfg.mu - fresh  # the other iterations see iteration 0's inputs: its values, not recomputed
+    return old + old[:1] * pad, ent + ent[:1] * pad, refs + refs[:1] * pad if cfg.beta > 0 else None
 
 
 def reference_logps(policy, ref, inputs, attn, comp, micro_batch):
     """Reference log-probs (B, L): the frozen copy, or (LoRA) the policy with its adapter off."""
     net = ref if ref is not None else policy
-    with contextlib.ExitStack() as stack:
-        if ref is None:
-            stack.enter_context(M.lora_disabled(policy))
+    with M.lora_disabled(policy) if ref is None else contextlib.nullcontext():
         return torch.cat([estimate_logps(net, inputs, attn, comp, slice(k, k + micro_batch))[0]
                           for k in range(0, len(comp), micro_batch)])
 
 
 def estimator_inputs(b, j, cfg, mask_id):
-    """The log-prob estimator's forward inputs for iteration j: ([(input (B, P + L), scored (B, L) bool)],
-    key-padding mask (B, P + L)); every completion token is scored in exactly one input.
-    d1: one input, the completion fully masked (prompt tokens masked with p_mask_prompt under the seed of j).
-    trajectory: per group of `logp_group` sampler steps, the canvas before the group's first step (earlier
-    commits and hints visible, the rest masked), scoring the tokens committed in the group; hint tokens, which the
-    sampler never decided, are scored in a fully masked canvas. With one step per group this is the likelihood of
-    the sampler's own token choices (not of its choice of positions)."""
+    """The estimator's inputs for iteration j: ([(input (B, P + L), scored (B, L) bool)], key-padding mask (B, P + L));
+    each completion token is scored in one input. d1: the completion masked (prompt tokens with p_mask_prompt, seed j).
+    trajectory: per `logp_group` sampler steps, the canvas before the first (earlier commits, hints shown) scores their
+    tokens; hints, never sampled, a fully masked one. One step each: the likelihood of the sampler's token choices."""
     attn = torch.cat([b.attn, torch.ones_like(b.comp)], dim=1)
     if cfg.logp == "d1":
         x = masked_input(b.prompt, b.comp, mask_id, cfg.p_mask_prompt, launch.seed(cfg.seed, "mask", b.idx, j))
@@ -365,8 +323,7 @@ def estimate_logps(net, inputs, attn, comp, rows, with_entropy=False):
     for x, scored in inputs:
         if not scored[rows].any():
             continue
-        out = token_logps(net, x[rows], attn[rows], comp[rows], with_entropy)
-        lp, en = out if with_entropy else (out, None)
+        lp, en = token_logps(net, x[rows], attn[rows], comp[rows], with_entropy)
         logp = logp + torch.where(scored[rows], lp, 0.0)
         if with_entropy:
             ent = ent + torch.where(scored[rows], en, 0.0)
@@ -374,26 +331,22 @@ def estimate_logps(net, inputs, attn, comp, rows, with_entropy=False):
 
 
 def masked_input(prompt_ids, completions, mask_id, p_mask_prompt, seed):
-    """The log-prob forward's input (B, P + L): completion all masked, prompt tokens masked with p_mask_prompt
-    under `seed` (one draw per row position, shared by old/ref/current policy within an iteration)."""
-    prompt = prompt_ids
+    """The log-prob forward's input (B, P + L): the completion all masked, prompt tokens with p_mask_prompt (seeded)."""
     if p_mask_prompt > 0:
-        g = torch.Generator().manual_seed(seed)
-        drop = torch.rand(prompt_ids.shape, generator=g) < p_mask_prompt
-        prompt = torch.where(drop.to(prompt_ids.device), mask_id, prompt_ids)
-    return torch.cat([prompt, torch.full_like(completions, mask_id)], dim=1)
+        drop = torch.rand(prompt_ids.shape, generator=torch.Generator().manual_seed(seed)) < p_mask_prompt
+        prompt_ids = torch.where(drop.to(prompt_ids.device), mask_id, prompt_ids)
+    return torch.cat([prompt_ids, torch.full_like(completions, mask_id)], dim=1)
 
 
 def token_logps(net, x, attn, completions, with_entropy=False):
-    """Per-token log π(y) (B, L) (= -CE at completion positions) and optionally the entropy (B, L), from one
-    forward over the distinct rows of x only."""
+    """(log π(y) = -CE at completion positions, entropy or None), (B, L) each, from one forward per distinct row."""
     L = completions.shape[1]
     uniq, inv = torch.unique(torch.cat([x, attn], dim=1), dim=0, return_inverse=True)
     logits = net(uniq[:, :x.shape[1]], attention_mask=uniq[:, x.shape[1]:])[:, -L:].float()  # (U, L, V)
     lse = logits.logsumexp(-1)                                                              # (U, L)
     logp = logits[inv[:, None], torch.arange(L, device=x.device)[None, :], completions] - lse[inv]  # (B, L)
     if not with_entropy:
-        return logp
+        return logp, None
     ent = lse - (logits.softmax(-1) * logits).sum(-1)                                     # (U, L)
     return logp, ent[inv]
 
@@ -406,8 +359,6 @@ def loss_mask(completions, eos_id, post_eos):
     return (is_eos.cumsum(1) - is_eos) == 0  # no EOS strictly before this position
 
 
-# ----------------------------------------------------------------------------------------- one rollout batch
-
 def make_batch(policy, ref, tok, items, messages, cfg, batch_idx, first, device, times):
     """The four phases of the module docstring, in order; `times` collects each phase's seconds."""
     with timed(times, "t_rollout"):
@@ -416,8 +367,7 @@ def make_batch(policy, ref, tok, items, messages, cfg, batch_idx, first, device,
         if cfg.rescue != "off":
             rows, comp, order, correct, total, hint = rescue(policy, tok, items, b, cfg, first)  # 2
             b.comp[rows], b.order[rows], b.correct[rows], b.reward[rows] = comp, order, correct, total
-            b.hint[rows] = hint
-            b.replaced[rows] = True
+            b.hint[rows], b.replaced[rows] = hint, True
     b.adv = group_advantages(b.reward, cfg.G).to(device)                                   # 3
     b.lmask = loss_mask(b.comp, tok.eos_token_id, cfg.post_eos)
     with timed(times, "t_logp"):
@@ -428,50 +378,43 @@ def make_batch(policy, ref, tok, items, messages, cfg, batch_idx, first, device,
 # --------------------------------------------------------------------------------------------- the update
 
 def update(policy, b, j, cfg, world):
-    """Forward/backward of the loss of iteration j over this rank's micro-batches; gradients accumulate. The
-    optimizer step is the caller's. Returns loss-side statistics as (sum, count) pairs."""
+    """Forward and backward of iteration j's loss on this rank (gradients accumulate); returns (sum, count) stats."""
     keep = b.lmask & inpaint.entropy_filter(b.ent[j], b.hint & b.lmask, cfg.tau)  # hint tokens: top-tau by entropy
     n_total = launch.all_sum(keep.sum().float()).clamp(min=1)  # kept tokens of the global batch
     if cfg.loss_norm == "group":  # O: per row, its group's kept tokens x the number of groups of the global batch
         per_group = keep.view(-1, cfg.G, keep.shape[1]).sum((1, 2)).float().clamp(min=1)            # (B / G,)
         n_total = per_group.repeat_interleave(cfg.G) * launch.all_sum(torch.tensor(len(per_group) * 1.0))  # (B,)
     inputs, attn = estimator_inputs(b, j, cfg, policy.config.mask_token_id)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and attn.device.type == "cuda")
-    sums = dict(loss=0.0, kl=0.0, clip_frac=0.0)
+    loss_sum = kl_sum = clipped = 0.0
     B, mb = len(b.comp), cfg.micro_batch
     for k in range(0, B, mb):
         sl = slice(k, k + mb)
         if world > 1:
             policy.set_requires_gradient_sync(k + mb >= B)  # reduce-scatter once per step
-        with amp:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and attn.device.type == "cuda"):
             logp = estimate_logps(policy, inputs, attn, b.comp, sl)[0]
         ref_logp = None if b.ref_logp is None else b.ref_logp[j][sl]
         denom = n_total if n_total.dim() == 0 else n_total[sl]
         loss, st = grpo_loss(logp, b.old[j][sl], ref_logp, b.adv[sl], keep[sl], denom, cfg.eps, cfg.beta, cfg.ratio)
         (loss * world).backward()  # FSDP averages gradients over ranks; the loss is already a global mean
-        sums["loss"] += loss.item()
-        sums["kl"] += st["kl"]
-        sums["clip_frac"] += st["clipped"]
+        loss_sum, kl_sum, clipped = loss_sum + loss.item(), kl_sum + st["kl"], clipped + st["clipped"]
     kept = float(keep.sum())
-    return dict(loss=(sums["loss"], 1 / world), kl=(sums["kl"], kept), clip_frac=(sums["clip_frac"], kept))
+    return dict(loss=(loss_sum, 1 / world), kl=(kl_sum, kept), clip_frac=(clipped, kept))
 
 
 def grpo_loss(logp, old_logp, ref_logp, adv, keep, n_total, eps, beta, ratio="token"):
-    """Sum over kept tokens of the clipped surrogate + k3 KL, divided by n_total: a scalar (the kept tokens of the
-    global batch, --loss_norm token) or (B,) per row (--loss_norm group: its group's kept tokens x the number of
-    groups). logp/old_logp/ref_logp (B, L), adv (B,), keep (B, L) bool. Returns (loss, stats)."""
+    """Clipped surrogate + k3 KL summed over kept tokens / n_total: a scalar (global kept tokens, --loss_norm token) or
+    (B,) (group: the row's group's kept tokens x #groups). logp, old_logp, ref_logp, keep (B, L); adv (B,)."""
+    assert ratio in ("token", "sequence", "sequence_all"), ratio
     log_ratio = logp - old_logp
     if ratio == "sequence":  # GSPO: s_i = exp(mean_t log ratio) over the kept tokens, one ratio per sequence
         n_i = keep.sum(1, keepdim=True).clamp(min=1)
         log_ratio = ((log_ratio * keep).sum(1, keepdim=True) / n_i).expand_as(logp)
     elif ratio == "sequence_all":  # O's GSPO: the mean runs over all L positions, dropped tokens get gradient too
         log_ratio = log_ratio.mean(1, keepdim=True).expand_as(logp)
-    else:
-        assert ratio == "token", ratio
     rho = log_ratio.exp()
     a = adv[:, None]
-    surrogate = torch.min(rho * a, rho.clamp(1 - eps, 1 + eps) * a)                        # Eq. (3), per token
-    per_token = -surrogate
+    per_token = -torch.min(rho * a, rho.clamp(1 - eps, 1 + eps) * a)                       # Eq. (3), per token
     kl = torch.zeros_like(logp)
     if beta > 0:
         d = ref_logp - logp
@@ -488,19 +431,15 @@ def grpo_loss(logp, old_logp, ref_logp, adv, keep, n_total, eps, beta, ratio="to
 # ------------------------------------------------------------------------------------------------ training
 
 def batch_items(items, batch_idx, cfg, rank, world):
-    """This rank's prompts of rollout batch `batch_idx` and the global position of the first one: consecutive
-    global slices of the seeded data order, each rank a contiguous share (all G rollouts of a prompt stay on one
-    rank)."""
+    """This rank's contiguous share of the prompts of rollout batch `batch_idx`, and the global index of its first."""
     per_rank = cfg.prompts_per_step // world
     first = batch_idx * cfg.prompts_per_step + rank * per_rank
     return [items[i] for i in launch.data_order(len(items), cfg.seed, range(first, first + per_rank))], first
 
 
 def build(cfg, device, ckpt=None):
-    """(policy, reference or None, tokenizer, run state): the policy from cfg.model (resumed: from checkpoint ckpt;
-    LoRA: cfg.model + the saved adapter), and a frozen copy of cfg.model when beta > 0 under full fine-tuning (with
-    LoRA the reference is the policy with its adapter off: no copy). Only the task preset's own default path is
-    trained on the fly (by sft.py) when missing."""
+    """(policy, reference or None, tokenizer, run state). Policy: cfg.model (resumed: ckpt, or LoRA: its adapter);
+    reference: a frozen cfg.model if beta > 0 (LoRA: the policy, adapter off). sft.py makes a missing task model."""
     if not os.path.exists(os.path.join(cfg.model, "config.json")) and cfg.model == TASK_DEFAULT_MODEL:
         if dist.is_initialized():
             raise SystemExit(f"{cfg.model} is missing: run `python sft.py` once before torchrun")
@@ -514,8 +453,7 @@ def build(cfg, device, ckpt=None):
         M.add_lora(policy, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, tuple(cfg.lora_targets.split(",")))
     ref = None
     if cfg.beta > 0 and not cfg.lora_rank:
-        ref, _ = launch.load_model(cfg.model, device=device)
-        ref.requires_grad_(False)
+        ref = launch.load_model(cfg.model, device=device)[0].requires_grad_(False)
     return policy, ref, tok, state
 
 
@@ -562,7 +500,7 @@ def train(cfg):
         with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
             json.dump(asdict(cfg), f, indent=1)
         launch.keep_rows(os.path.join(cfg.out_dir, "metrics.jsonl"), state["step"])
-    metrics_f = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") if rank == 0 else None
+    metrics_f = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a", buffering=1) if rank == 0 else None
     start = res = None
     if cfg.eval_limit and cfg.eval_start and not state["step"]:
         start = run_eval(policy, tok, cfg, 0, metrics_f, log)
@@ -593,13 +531,11 @@ def train(cfg):
             if ok:  # a non-finite step is skipped: no update
                 opt.step()
             opt.zero_grad(set_to_none=True)
-        row.update(step=step + 1, lr=lr, grad_norm=gnorm, skipped=float(not ok),
-                   t_update=times["t_update"])
+        row.update(step=step + 1, lr=lr, grad_norm=gnorm, skipped=float(not ok), t_update=times["t_update"])
         if "acc" in row:
             accs.append(row["acc"])
         if rank == 0:
             metrics_f.write(json.dumps(row) + "\n")
-            metrics_f.flush()
             bar.set_postfix({k: f"{row[k]:.3g}" for k in SHOWN if k in row})
         last = step + 1 == cfg.steps
         if cfg.eval_limit and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
@@ -624,8 +560,7 @@ def train(cfg):
 
 
 def run_eval(policy, tok, cfg, step, metrics_f, log):
-    """Greedy test accuracy (eval.py's protocol: the task's test split, else GSM8K test), logged and appended to
-    metrics.jsonl; per-problem rows go to out_dir/eval/step-N.jsonl."""
+    """Greedy test accuracy (eval.py's protocol), logged, into metrics.jsonl; per problem: out_dir/eval/step-N.jsonl."""
     policy.eval()
     path = os.path.join(cfg.out_dir, "eval", f"step-{step}.jsonl")
     res = E.evaluate_fresh(policy, tok, cfg.data if cfg.data.startswith("task") else "gsm8k", cfg.eval_limit, path,
@@ -633,12 +568,10 @@ def run_eval(policy, tok, cfg, step, metrics_f, log):
     log(f"step {step}: test {E.fmt_acc(res)}")
     if metrics_f is not None:
         metrics_f.write(json.dumps(dict(step=step, eval=res)) + "\n")
-        metrics_f.flush()
     return res
 
 
-# ------------------------------------------------------------------------------------ metrics (kept out of the
-# algorithm above): statistics are (sum, count) pairs, summed over ranks, reported as sum / count.
+# -------------------------------------- metrics, kept out of the algorithm above: (sum, count) pairs, summed over ranks
 
 SHOWN = ("acc", "all_wrong_before", "all_wrong_after", "loss")  # on the progress bar
 
@@ -646,34 +579,28 @@ SHOWN = ("acc", "all_wrong_before", "all_wrong_after", "loss")  # on the progres
 def batch_stats(b, cfg):
     """The rollout batch's statistics as (sum, count) pairs (the README's table reports these)."""
     B, groups = len(b.comp), len(b.comp) // cfg.G
-    wrong_before = all_wrong(b.correct_policy, cfg.G)
-    gen, hint = ~b.hint & b.lmask, b.hint & b.lmask
-    ent = b.ent[0]
-    fmt = (b.reward - b.correct) / max(cfg.format_weight, 1e-9)
-    return dict(acc=(float((b.correct_policy > 0).sum()), B), acc_after=(float((b.correct > 0).sum()), B),
-                reward=(float(b.reward.sum()), B), format=(float(fmt.sum()), B),
-                all_wrong_before=(float(wrong_before.sum()), groups),
+    wrong = float(all_wrong(b.correct_policy, cfg.G).sum())  # all-wrong groups before the rescue
+    gen, hint, ent = ~b.hint & b.lmask, b.hint & b.lmask, b.ent[0]
+    per_rollout = dict(acc=b.correct_policy > 0, acc_after=b.correct > 0, reward=b.reward, replaced=b.replaced,
+                       comp_len=b.lmask, format=(b.reward - b.correct) / max(cfg.format_weight, 1e-9))
+    return dict({k: (float(v.sum()), B) for k, v in per_rollout.items()}, all_wrong_before=(wrong, groups),
                 all_wrong_after=(float(all_wrong(b.correct, cfg.G).sum()), groups),
-                rescued=(float(b.replaced.view(-1, cfg.G).any(1).sum()), float(wrong_before.sum())),
-                replaced=(float(b.replaced.sum()), B),
-                spent=(B + (cfg.G * float(wrong_before.sum()) if cfg.rescue != "off" else 0.0), B),  # rollouts sampled
-                hint_frac=(float(b.hint.sum()), float(b.lmask.sum())), comp_len=(float(b.lmask.sum()), B),
+                rescued=(float(b.replaced.view(-1, cfg.G).any(1).sum()), wrong),
+                spent=(B + (cfg.G * wrong if cfg.rescue != "off" else 0.0), B),  # rollouts sampled
+                hint_frac=(float(b.hint.sum()), float(b.lmask.sum())),
                 ent_hint=(float((ent * hint).sum()), float(hint.sum())),
                 ent_gen=(float((ent * gen).sum()), float(gen.sum())))
 
 
 def summarize(stats, times, world):
     """One metrics row: every (sum, count) summed over ranks and divided; times are the slowest rank's."""
-    keys = sorted(stats)
+    keys, tk = sorted(stats), sorted(times)
     t = torch.tensor([stats[k] for k in keys], dtype=torch.float64).view(-1, 2)
-    tk = sorted(times)
     tt = torch.tensor([times[k] for k in tk], dtype=torch.float64)
     if world > 1:
         dist.all_reduce(t)
         dist.all_reduce(tt, op=dist.ReduceOp.MAX)
-    row = {k: s / c for k, (s, c) in zip(keys, t.tolist()) if c > 0}
-    row.update(zip(tk, tt.tolist()))
-    return row
+    return {k: s / c for k, (s, c) in zip(keys, t.tolist()) if c > 0} | dict(zip(tk, tt.tolist()))
 
 
 @contextlib.contextmanager
