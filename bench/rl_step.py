@@ -85,7 +85,7 @@ def main():
     if a.early_exit:
         sample.generate = functools.partial(sample.generate, early_exit=True)
     torch.manual_seed(cfg.seed)
-    policy, ref, tok = igpo.build(cfg, torch.device("cpu"))
+    policy, ref, tok, _ = igpo.build(cfg, torch.device("cpu"))
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     items, messages = igpo.data.rl_prompts(cfg.data, cfg.max_prompts)
     mine, first = igpo.batch_items(items, a.batch_idx, cfg, 0, 1)
