@@ -1,12 +1,11 @@
 """How every script starts and saves: flags from its config dataclass, torch.distributed from torchrun's
-environment, FSDP2, named random streams, the data order, the lr schedule, and atomic checkpoints.
+environment, FSDP2, named random streams, the data order, the lr schedule, atomic checkpoints and faults.
 
 One script runs unchanged under `python X.py` and `torchrun --nproc_per_node=N X.py`: torchrun sets RANK,
 WORLD_SIZE and LOCAL_RANK; NCCL is used on GPUs and gloo on CPUs, so a 2-process CPU run exercises every
-collective. `fsdp` shards each LLaDA block and then the root with FSDP2 (`fully_shard`), for full fine-tuning;
-`save_checkpoint` gathers the weights (and optimizer state) back to rank 0 for an HF-format checkpoint.
-Every random draw of sft.py, igpo.py and eval.py comes from a generator seeded by `seed(base, stream, *keys)`:
-runs are reproducible, resume exactly, and do not depend on the world size or the batch layout.
+collective. Every random draw of sft.py, igpo.py and eval.py comes from a generator seeded by
+`seed(base, stream, *keys)`: runs are reproducible, resume exactly, and do not depend on the world size or the
+batch layout. docs/faults.md lists the faults handled here, each with its test.
 """
 import argparse
 import datetime
@@ -18,6 +17,7 @@ import inspect
 import json
 import math
 import os
+import pathlib
 import re
 import shutil
 import signal
@@ -28,6 +28,7 @@ from dataclasses import fields
 
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError, safe_open
 
 import model as M
 
@@ -35,49 +36,44 @@ import model as M
 # ------------------------------------------------------------------------------------------------ flags
 
 def field_help(cls):
-    """{field: help text}: the comment after each field of the dataclass's source and the comment-only lines under
-    it (one source of truth for the config screen and --help)."""
-    comments, last = {}, None
+    """{field: the comment after it in cls's source, with the comment-only lines under it}: its --help text."""
+    helps, last = {}, None
     for line in inspect.getsource(cls).splitlines():
-        code, _, comment = line.partition("#")
-        if ":" in code and code.strip() and not code.strip().startswith(("@", "class")):
+        code, _, comment = (part.strip() for part in line.partition("#"))
+        if ":" in code and not code.startswith(("@", "class")):
             last = code.split(":")[0].strip()
-            comments[last] = comment.strip()
-        elif not code.strip() and comment.strip() and last:
-            comments[last] += " " + comment.strip()
-    return comments
-
-
-_RANGE = re.compile(r"^([\[(])(-?[\d.e-]+), (-?[\d.e-]+|inf)([\])])")
-_CHOICES = re.compile(r"^\{([^}]*)\}")
+            helps[last] = comment
+        elif not code and comment and last:
+            helps[last] += " " + comment
+    return helps
 
 
 def domain(text):
-    """(check, label) of the domain a help text starts with, else None: an interval [lo, hi], (lo, hi], [lo, inf)
-    ... (a tuple: every element in it; None is always allowed: "the default") or choices {a|b|""}."""
-    if m := _RANGE.match(text):
+    """(check, label) of the domain a help text starts with, else None: an interval [lo, hi], (lo, inf) ... (a tuple:
+    each element; None always passes) or choices {a|b|""}."""
+    if m := re.match(r"([\[(])(-?[\d.e-]+), (-?[\d.e-]+|inf)([\])])", text):
         lo, hi = float(m[2]), float(m[3])
         inside = lambda v: (lo <= v if m[1] == "[" else lo < v) and (v <= hi if m[4] == "]" else v < hi)
         return (lambda v: v is None or all(inside(x) for x in (v if isinstance(v, tuple) else (v,)))), m[0]
-    if m := _CHOICES.match(text):
+    if m := re.match(r"\{([^}]*)\}", text):
         choices = [c.strip().strip('"') for c in m[1].split("|")]
         return (lambda v: v in choices), m[0]
     return None
 
 
 def _flag_type(typ, paper_value):
-    """argparse type of a field: bools take on/off, true/false, 1/0; tuples are comma lists (--eta 0.2,0.6).
-    A bad value raises ArgumentTypeError, which argparse turns into a usage error."""
-    if typ is bool:
-        def parse_bool(s):
-            if s.lower() not in ("on", "true", "1", "yes", "off", "false", "0", "no"):
-                raise argparse.ArgumentTypeError(f"expected on/off, true/false or 1/0, got {s!r}")
-            return s.lower() in ("on", "true", "1", "yes")
-        return parse_bool
+    """argparse type of a field: a bool takes on/off, true/false, 1/0 or yes/no; a tuple a comma list (0.2,0.6)."""
     if typ is tuple:
         elem = type(paper_value[0])
         return lambda s: tuple(elem(x) for x in s.split(","))
-    return typ
+    if typ is not bool:
+        return typ
+
+    def parse_bool(s):
+        if s.lower() not in ("on", "true", "1", "yes", "off", "false", "0", "no"):
+            raise argparse.ArgumentTypeError(f"expected on/off, true/false or 1/0, got {s!r}")
+        return s.lower() in ("on", "true", "1", "yes")
+    return parse_bool
 
 
 def _shown(v):
@@ -86,16 +82,13 @@ def _shown(v):
 
 
 def parse_config(cls, presets, argv=None, doc="", official=None):
-    """cls(**presets[--preset]) overridden by flags; the first preset is the no-flag run. Every field of `cls` is a
-    flag; --help shows its whole comment, the effective default (the preset's), the paper's (the field default)
-    and, where `official` names it, the official run's. A value outside the domain its comment starts with
-    ([lo, hi], {a|b}; see domain()) is a usage error naming the flag, before anything loads."""
+    """cls(**presets[--preset]) overridden by flags; the first preset is the no-flag run. --help shows each field's
+    comment, its default, the paper's and the official run's; a value outside its domain() is a usage error."""
     first = next(iter(presets))
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", default=first, choices=list(presets),
                      help=f"base settings; flags override them (default {first!r}: the embedded CPU task)")
-    base = cls(**presets[pre.parse_known_args(argv)[0].preset])
-    paper, official = cls(), official or {}
+    base, paper, official = cls(**presets[pre.parse_known_args(argv)[0].preset]), cls(), official or {}
     p = argparse.ArgumentParser(description=doc.strip().split("\n")[0], parents=[pre])
     helps = field_help(cls)
     for f in fields(cls):
@@ -103,36 +96,32 @@ def parse_config(cls, presets, argv=None, doc="", official=None):
         shown = f"[default {_shown(getattr(base, f.name))}; paper {_shown(getattr(paper, f.name))}{o}]"
         p.add_argument(f"--{f.name}", type=_flag_type(f.type, getattr(paper, f.name)), default=getattr(base, f.name),
                        help=f"{helps.get(f.name, '')} {shown}".replace("%", "%%"))
-    args = p.parse_args(argv)
+    args = vars(p.parse_args(argv))
     for f in fields(cls):
-        rule = domain(helps.get(f.name, ""))
-        if rule and not rule[0](getattr(args, f.name)):
-            p.error(f"--{f.name} {_shown(getattr(args, f.name))}: must be in {rule[1]}")
-    return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+        if (rule := domain(helps.get(f.name, ""))) and not rule[0](args[f.name]):
+            p.error(f"--{f.name} {_shown(args[f.name])}: must be in {rule[1]}")
+    return cls(**{f.name: args[f.name] for f in fields(cls)})
 
 
 # ----------------------------------------------------------------------------------- distributed, FSDP2
 
 def setup_dist(timeout_s=1800):
-    """(rank, world, device). Without torchrun: rank 0 of 1, no process group. A collective that waits longer than
-    timeout_s (a rank died or hangs) raises, so every rank exits instead of hanging until the job's wall limit.
-    A crash in native code (SIGSEGV, SIGABRT, ...) prints every thread's Python stack to stderr (faulthandler)."""
+    """(rank, world, device); rank 0 of 1 without torchrun. A collective stuck past timeout_s (a rank died or hangs)
+    raises, so every rank exits; a crash in native code prints every thread's Python stack (faulthandler)."""
     if not faulthandler.is_enabled():  # (pytest has its own)
         faulthandler.enable()
+    cuda = torch.cuda.is_available()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        if torch.cuda.is_available():
+        if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
-                                timeout=datetime.timedelta(seconds=timeout_s))
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    return rank, world, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return rank, world, torch.device("cuda" if cuda else "cpu")
 
 
 def exit_worker():
-    """The last line of a script run under torchrun (WORLD_SIZE > 1), after train() destroyed the process group:
-    flush and leave with os._exit(0), skipping interpreter finalization. Finalizing with gloo's C++ threads alive can
-    abort in one of them (std::terminate, SIGABRT; seen here once in 280 two-process CPU runs, after the final save
-    and the last log line), and torchrun then reports a finished job as failed. Without torchrun: returns."""
+    """A torchrun script's last line, after the process group is gone: os._exit(0) skips finalization, where gloo's
+    C++ threads can abort (SIGABRT, 1 in 280 runs) and make torchrun fail a finished job. Without torchrun: returns."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -140,12 +129,9 @@ def exit_worker():
 
 
 def fsdp(model, device, param_dtype="auto", compile=None):
-    """FSDP2: shard every block, then the root (embeddings, head). A no-op without a process group.
-    Mixed precision the FSDP2 way, not autocast: the shards keep their own dtype (fp32 = the master weights that
-    AdamW updates; a frozen LoRA base may be bf16), each module all-gathers them in `param_dtype` ("auto": bf16 on
-    GPU, none on CPU) and computes in it, gradients are reduce-scattered and kept in fp32. Blocks do not cast their
-    inputs, so RoPE's cos/sin stay fp32 as in LLaDA. compile: a torch.compile backend ("inductor") per block;
-    Module.compile keeps the parameter names. Activation checkpointing is model.gradient_checkpointing."""
+    """FSDP2 (a no-op without a process group): shard every block, then the root. Shards keep their dtype (fp32 master
+    weights), modules compute in param_dtype ("auto": bf16 on GPU), gradients reduce in fp32; inputs are not cast, so
+    RoPE's cos/sin stay fp32 as in LLaDA. compile: a torch.compile backend per block (parameter names unchanged)."""
     if not dist.is_initialized():
         return model
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -168,11 +154,8 @@ def all_sum(t):
 
 
 def lockstep(device):
-    """sample.generate's lockstep under a process group (every FSDP rank runs a forward whenever any rank needs
-    one, so early exit and skipped steps never hang a collective); None without one."""
-    if not dist.is_initialized():
-        return None
-    return lambda need: all_max(int(need), device) > 0
+    """sample.generate's lockstep (None without a process group): all ranks run a forward when any needs one."""
+    return (lambda need: all_max(int(need), device) > 0) if dist.is_initialized() else None
 
 
 def all_max(n, device):
@@ -190,8 +173,7 @@ STREAMS = ("data", "sft_mask", "rollout", "hints", "inpaint", "pick", "mask", "e
 
 
 def seed(base, stream, *keys):
-    """A 63-bit generator seed for one draw of a named stream (STREAMS), keyed by ints or strings, e.g.
-    seed(cfg.seed, "rollout", batch, row). Streams never share a seed (Python's hash() is salted per process)."""
+    """A 63-bit seed for one draw of a named stream keyed by ints or strings (blake2b; hash() is salted per process)."""
     assert stream in STREAMS, f"unknown random stream {stream!r}"
     digest = hashlib.blake2b(repr((int(base), stream, *keys)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
@@ -203,8 +185,7 @@ def _permutation(n, base, epoch):
 
 
 def data_order(n, base, positions):
-    """Dataset indices (of n items) at global positions of the sample stream: epoch k (positions kn..kn+n-1) is a
-    seeded permutation, so any world size and a resumed run read the same items in the same order."""
+    """Dataset indices at global sample positions: a seeded permutation per epoch, whatever the world size or resume."""
     return [_permutation(n, base, pos // n)[pos % n] for pos in positions]
 
 
@@ -226,18 +207,13 @@ def full_state_dict(model):
 
 
 def save_checkpoint(model, tok, path, extra_files, opt=None, keep_last=None):
-    """HF-format weights (model.save) at `path`, plus the optimizer state (optim.pt) when `opt` is given, all
-    gathered on rank 0 and written to path.saving, then renamed over `path`: a crash never leaves a torn
-    checkpoint; a write that fails (a full disk) is deleted, and every rank exits with one line naming the last good
-    one. keep_last (a run's step-N checkpoints): then the run's `latest` names `path` and only the newest keep_last
-    step-N directories stay (0: all). Every rank calls it. Gathered, not sharded DCP: the output is one HF-format
-    directory that loads at any world size (full 8B fine-tuning: 96 GB in rank 0's CPU memory, minutes a save)."""
-    from safetensors import SafetensorError
+    """HF-format weights (and optim.pt) gathered on rank 0 (not sharded DCP: it loads at any world size; 8B: 96 GB of
+    CPU memory), written to path.saving and renamed over path; a failed write (a full disk) is deleted and every rank
+    exits naming the last good checkpoint. keep_last: a run's step-N (see write_latest). Every rank calls it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
     sd = full_state_dict(model)
-    osd = None
-    if opt is not None:
-        osd = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    osd = None if opt is None else get_optimizer_state_dict(model, opt, options=full)
     error = [None]
     if not dist.is_initialized() or dist.get_rank() == 0:
         path = path.rstrip("/")
@@ -257,8 +233,7 @@ def save_checkpoint(model, tok, path, extra_files, opt=None, keep_last=None):
                 shutil.rmtree(d, ignore_errors=True)
             good = path if keep_last is None and os.path.exists(path) else None
             if keep_last is not None and os.path.exists(os.path.join(parent, "latest")):
-                with open(os.path.join(parent, "latest")) as f:
-                    good = os.path.join(parent, f.read().strip())
+                good = os.path.join(parent, pathlib.Path(parent, "latest").read_text().strip())
             error = [f"{path}: not saved ({type(e).__name__}: {e}); the last good checkpoint is {good or 'none yet'}"]
     if dist.is_initialized():
         dist.broadcast_object_list(error)  # (the barrier) every rank learns that rank 0's save failed
@@ -267,10 +242,9 @@ def save_checkpoint(model, tok, path, extra_files, opt=None, keep_last=None):
 
 
 def write_latest(run_dir, name, keep_last):
-    """Point run_dir/latest at checkpoint `name`, written last and atomically (a crash before it leaves the previous
-    checkpoint in force), then delete all but the newest keep_last step-N checkpoints (0: keep all)."""
-    with open(os.path.join(run_dir, "latest.tmp"), "w") as f:
-        f.write(name + "\n")
+    """Point run_dir/latest at checkpoint `name`, atomically and last (a crash before leaves the previous one in
+    force), then delete all but the newest keep_last step-N checkpoints (0: keep all)."""
+    pathlib.Path(run_dir, "latest.tmp").write_text(name + "\n")
     os.replace(os.path.join(run_dir, "latest.tmp"), os.path.join(run_dir, "latest"))
     steps = sorted(int(d.split("-")[1]) for d in os.listdir(run_dir) if d.split("-")[-1].isdigit())
     for step in steps[:-keep_last] if keep_last else []:
@@ -278,14 +252,10 @@ def write_latest(run_dir, name, keep_last):
 
 
 def latest_checkpoint(run_dir):
-    """The checkpoint run_dir/latest names, or None before the first one. A damaged one (see broken) is skipped with a
-    warning naming its bad file, for the newest intact older step-N (the steps after it are recomputed, identically);
-    none intact: exits naming the newest's bad file. Anything else a crash can leave (a half-written *.saving or
-    .tmp-* directory, a step-N newer than `latest`) is ignored with a warning."""
-    pointer, name = os.path.join(run_dir, "latest"), None
-    if os.path.exists(pointer):
-        with open(pointer) as f:
-            name = f.read().strip()
+    """The checkpoint run_dir/latest names (None before the first); if damaged (broken), with a warning, the newest
+    intact older step-N; none intact: exits. Other crash leftovers (*.saving, .tmp-*, newer step-N) warn."""
+    pointer = os.path.join(run_dir, "latest")
+    name = pathlib.Path(pointer).read_text().strip() if os.path.exists(pointer) else None
     newest = int(name.split("-")[1]) if name else -1
     for d in sorted(os.listdir(run_dir)) if os.path.isdir(run_dir) else []:
         newer = d.split("-")[-1].isdigit() and int(d.split("-")[-1]) > newest
@@ -294,19 +264,17 @@ def latest_checkpoint(run_dir):
     if name is None:
         return None
     older = sorted((int(d[5:]) for d in os.listdir(run_dir) if re.fullmatch(r"step-\d+", d)), reverse=True)
-    damaged = []
-    for ckpt in [os.path.join(run_dir, d) for d in [name] + [f"step-{s}" for s in older if s < newest]]:
+    ckpts = [os.path.join(run_dir, d) for d in [name] + [f"step-{s}" for s in older if s < newest]]
+    for ckpt in ckpts:
         if not (problem := broken(ckpt)):
             return ckpt
-        damaged.append(problem)
         warnings.warn(f"{problem}: damaged checkpoint, skipped")
-    raise SystemExit(f"{run_dir}: no intact checkpoint to resume from; the newest is damaged: {damaged[0]}")
+    raise SystemExit(f"{run_dir}: no intact checkpoint to resume from; the newest is damaged: {broken(ckpts[0])}")
 
 
 def broken(ckpt):
-    """The first unreadable file of checkpoint ckpt and why, or None: the damage a crash, a full disk or a partial
-    copy leaves (a missing or truncated file), not a flipped bit inside the tensor data (no checksums)."""
-    from safetensors import SafetensorError, safe_open
+    """The first unreadable file of checkpoint ckpt and why, or None: a missing or truncated file (what a crash, a
+    full disk or a partial copy leaves), not a flipped bit inside the tensor data (no checksums)."""
     weights = sorted(glob.glob(os.path.join(glob.escape(ckpt), "**", "*.safetensors"), recursive=True))
     for f in [os.path.join(ckpt, n) for n in ("trainer_state.json", "config.json", "optim.pt")] + weights:
         try:
@@ -315,16 +283,15 @@ def broken(ckpt):
             elif f.endswith(".pt"):
                 zipfile.ZipFile(f).close()  # the zip directory at the end of the file
             else:
-                with open(f) as fh:
-                    json.load(fh)
+                json.loads(pathlib.Path(f).read_text())
         except (OSError, ValueError, zipfile.BadZipFile, SafetensorError) as e:
             return f"{f}: {type(e).__name__}: {e}"
     return None if weights else f"{ckpt}: no *.safetensors"
 
 
 def recover(path):
-    """A single-directory checkpoint (sft.py) that a crash caught between its two renames: path.old is the last
-    complete one. Rank 0 moves it back; a half-written path.saving is ignored with a warning."""
+    """sft.py's single checkpoint, when a crash came between save_checkpoint's two renames: rank 0 moves path.old
+    (the last complete one) back; a half-written path.saving is ignored with a warning."""
     if not dist.is_initialized() or dist.get_rank() == 0:
         if os.path.exists(path + ".saving"):
             warnings.warn(f"{path}.saving: half-written checkpoint, ignored")
@@ -336,26 +303,19 @@ def recover(path):
         dist.barrier()
 
 
-def fingerprint(path):
-    """blake2b of a model directory's safetensors files, names and bytes (LLaDA-8B: 16 GB, ~20 s once per start):
-    resume refuses a --model that no longer holds the weights the run began from. A hub id stands for itself."""
+def resume_state(ckpt, model_path):
+    """trainer_state.json of checkpoint ckpt (None: a fresh start at step 0); refuses a model_path (the reference
+    policy, a LoRA run's base) whose safetensors hash otherwise than at the run's start (LLaDA-8B: 16 GB, ~20 s)."""
     h = hashlib.blake2b(digest_size=16)
-    for f in sorted(glob.glob(os.path.join(glob.escape(path), "*.safetensors"))):
+    for f in sorted(glob.glob(os.path.join(glob.escape(model_path), "*.safetensors"))):
         h.update(os.path.basename(f).encode())
         with open(f, "rb") as fh:
             while chunk := fh.read(1 << 24):
                 h.update(chunk)
-    return h.hexdigest() if os.path.isdir(path) else path
-
-
-def resume_state(ckpt, model_path):
-    """The run state to continue from: trainer_state.json of checkpoint ckpt (None: a fresh start at step 0), after
-    checking that model_path (the reference policy, and a LoRA run's base) still holds the same weights."""
-    fp = fingerprint(model_path)
+    fp = h.hexdigest() if os.path.isdir(model_path) else model_path  # a hub id stands for itself
     if ckpt is None:
         return dict(step=0, bad_steps=0, model_fingerprint=fp)
-    with open(os.path.join(ckpt, "trainer_state.json")) as f:
-        state = {"bad_steps": 0, **json.load(f)}
+    state = {"bad_steps": 0, **json.loads(pathlib.Path(ckpt, "trainer_state.json").read_text())}
     if state.setdefault("model_fingerprint", fp) != fp:
         raise SystemExit(f"--model {model_path}: not the weights {ckpt} was trained from (fingerprint {fp}, "
                          f"checkpoint {state['model_fingerprint']}); resuming would change the reference policy")
@@ -363,9 +323,7 @@ def resume_state(ckpt, model_path):
 
 
 def load_model(path, **kw):
-    """model.load, with unreadable input (no such directory, a truncated safetensors file, a config.json of another
-    architecture) as one line naming the path and the problem."""
-    from safetensors import SafetensorError
+    """model.load; unreadable input (no directory, truncated weights, another architecture) exits in one line."""
     if not os.path.exists(path) and (path.startswith((".", "/", "~")) or path.count("/") != 1):  # not owner/name
         raise SystemExit(f"{path}: cannot load a LLaDA checkpoint: no such directory")
     try:
@@ -383,8 +341,7 @@ def load_optimizer(model, opt, path):
                              options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=dist.is_initialized()))
 
 
-
-# ------------------------------------------------------------------------------------ faults
+# ------------------------------------------------------------------------------------------------ faults
 
 def usage_error(problems):
     """Flags that cannot work together, if any: argparse's exit (status 2) at start-up, before a model loads."""
@@ -398,8 +355,7 @@ _SIGTERM = []
 
 
 def catch_sigterm():
-    """SIGTERM (SLURM's notice before pre-emption; torchrun forwards it) only sets a flag: the training loop
-    finishes its step, saves and exits 0 (stop_requested)."""
+    """SIGTERM (SLURM's pre-emption notice, forwarded by torchrun) sets a flag: the loop saves its step, exits 0."""
     _SIGTERM.clear()
     signal.signal(signal.SIGTERM, lambda signum, frame: _SIGTERM.append(signum))
 
@@ -410,8 +366,7 @@ def stop_requested(device):
 
 
 def step_ok(loss, grad_norm, state, max_bad):
-    """May this optimizer step be applied? A non-finite loss or grad norm (both global, so every rank agrees)
-    skips it; state["bad_steps"] counts skips in a row, and max_bad of them stop the run before it saves again."""
+    """Apply this step? Not if the (global) loss or grad norm is non-finite; max_bad skips in a row stop the run."""
     ok = math.isfinite(loss) and math.isfinite(grad_norm)
     state["bad_steps"] = 0 if ok else state["bad_steps"] + 1
     if state["bad_steps"] >= max_bad:
@@ -421,8 +376,7 @@ def step_ok(loss, grad_norm, state, max_bad):
 
 
 def keep_rows(path, step):
-    """Drop the rows of a metrics.jsonl that a killed run wrote after its last checkpoint (and a torn last line),
-    so a resumed run appends exactly what an uninterrupted one would have written."""
+    """Drop a metrics.jsonl's rows after `step` and a torn last line: a resumed run appends what a whole run would."""
     if not os.path.exists(path):
         return
     with open(path) as f:
