@@ -319,7 +319,9 @@ def test_bad_model_is_one_line_naming_the_path(task_ckpt, tmp_path, how, why):
                                              (["--steps", "5"], 1, "not a multiple of --mu"),
                                              (["--save_every", "3"], 1, "--save_every 3 not a multiple of --mu"),
                                              (["--gen_length", "20"], 1, "not a multiple of --block_length"),
-                                             (["--diffusion_steps", "5"], 1, "not divisible by 2 blocks")])
+                                             (["--diffusion_steps", "5"], 1, "not divisible by 2 blocks"),
+                                             (["--eta", "0.6,0.2"], 1, "two values lo,hi with lo <= hi"),
+                                             (["--chunk", "8,4"], 1, "two sizes lo,hi with lo <= hi")])
 def test_incompatible_flags_are_usage_errors_before_loading(tmp_path, capsys, flags, world, why):
     cfg = launch.parse_config(igpo.Config, igpo.PRESETS, ["--model", str(tmp_path / "no-model"), *IGPO, *flags])
     with pytest.raises(SystemExit) as e:

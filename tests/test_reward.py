@@ -101,7 +101,9 @@ TABLE = [
 
 
 @pytest.mark.parametrize("a,b,expected", TABLE)
-def test_equivalence_table(a, b, expected):
+def test_equivalence_table(a, b, expected, monkeypatch):
+    # semantics, not the deadline: on a loaded machine a 1 s call can time out and read as "not equal"
+    monkeypatch.setattr(reward, "TIMEOUT_S", 10.0)
     assert reward.is_equiv(a, b) == expected
     assert reward.is_equiv(b, a) == expected
 
