@@ -308,10 +308,11 @@ def write(args, res, quiet=False):
     text = [f"# IGPO vs baselines on the embedded task, by difficulty level\n\nMade by: {hist} (2-core CPU, "
             f"{args.parallel} runs at a time, 1 thread each). Init `{res['model']}`. Test seed {ts}: level test = "
             f"{data.TASK_LEVEL_TEST if not args.quick else 20} problems of the level's distribution drawn with it; "
-            f"standard test = the task's 500-problem test split. Greedy pass@1 after the last step; mean ± std over "
-            f"seeds. Rollouts / prompt-rollout: rollouts sampled (re-sampled included) per on-policy rollout. "
-            f"Rollout s / batch: wall seconds of a rollout batch's sampling (rescue included), 2 runs sharing 2 "
-            f"cores. KL, clip frac: means over the optimizer steps (kept tokens).\n"]
+            f"standard test = the task's test split{' (first 20)' if args.quick else ' (500 problems)'}. Greedy "
+            f"pass@1 after the last step; mean ± std over seeds. Rollouts / prompt-rollout: rollouts sampled "
+            f"(re-sampled included) per on-policy rollout. Rollout s / batch: wall seconds of a rollout batch's "
+            f"sampling (rescue included), 2 runs sharing 2 cores. KL, clip frac: means over the optimizer steps "
+            f"(kept tokens).\n"]
     for lv in levels:
         text.append(level_section(lv, [r for r in res["results"] if r["level"] == lv], starts[lv], ts))
         if has_plot:
