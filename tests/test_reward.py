@@ -25,6 +25,13 @@ def warm():
     reward.warmup()
 
 
+@pytest.fixture
+def roomy_deadline(monkeypatch):
+    """For tests of what is equal, not of how fast (those keep the 1 s deadline): on a loaded machine a 1 s
+    is_equiv call can time out, and a timeout reads as "not equal"."""
+    monkeypatch.setattr(reward, "TIMEOUT_S", 10.0)
+
+
 def _jsonl(rel):
     return [json.loads(line) for line in open(DATA / rel, encoding="utf-8")]
 
@@ -39,6 +46,7 @@ def _check_rate(name, pairs):
     assert rate >= 0.995
 
 
+@pytest.mark.usefixtures("roomy_deadline")
 @needs_data
 def test_gsm8k_gold_self_consistency():
     rows = _jsonl("gsm8k/test.jsonl")
@@ -51,6 +59,7 @@ def test_gsm8k_gold_self_consistency():
     _check_rate("gsm8k", pairs)
 
 
+@pytest.mark.usefixtures("roomy_deadline")
 @needs_data
 def test_math500_gold_self_consistency():
     rows = _jsonl("math500/test.jsonl")
@@ -58,6 +67,7 @@ def test_math500_gold_self_consistency():
     _check_rate("math500", [(r["unique_id"], r["solution"], r["answer"]) for r in rows])
 
 
+@pytest.mark.usefixtures("roomy_deadline")
 @needs_data
 def test_amc23_gold_self_consistency():
     rows = _jsonl("amc23/test.jsonl")
@@ -65,6 +75,7 @@ def test_amc23_gold_self_consistency():
     _check_rate("amc23", [(r["id"], f"\\boxed{{{int(r['answer'])}}}", r["answer"]) for r in rows])
 
 
+@pytest.mark.usefixtures("roomy_deadline")
 @needs_data
 @pytest.mark.parametrize("rel,key", [("math500/test.jsonl", "answer"), ("gsm8k/test.jsonl", "answer")])
 def test_negative_control(rel, key):
@@ -100,10 +111,9 @@ TABLE = [
 ]
 
 
+@pytest.mark.usefixtures("roomy_deadline")
 @pytest.mark.parametrize("a,b,expected", TABLE)
-def test_equivalence_table(a, b, expected, monkeypatch):
-    # semantics, not the deadline: on a loaded machine a 1 s call can time out and read as "not equal"
-    monkeypatch.setattr(reward, "TIMEOUT_S", 10.0)
+def test_equivalence_table(a, b, expected):
     assert reward.is_equiv(a, b) == expected
     assert reward.is_equiv(b, a) == expected
 
@@ -122,6 +132,7 @@ def test_extract_answer(text, expected):
     assert reward.extract_answer(text) == expected
 
 
+@pytest.mark.usefixtures("roomy_deadline")
 def test_reward_values():
     good = "<reasoning>\n2+2=4\n</reasoning>\n<answer>\n\\boxed{4}\n</answer>"
     assert reward.correctness_reward(good, "4") == 3.0
@@ -179,6 +190,7 @@ RULE_TABLE = [
 ]
 
 
+@pytest.mark.usefixtures("roomy_deadline")
 @pytest.mark.parametrize("completion,gold,official,lenient", RULE_TABLE)
 def test_official_rule_judges_the_first_box_and_nothing_else(completion, gold, official, lenient):
     assert reward.correctness_reward(completion, gold, rule="official") == official
