@@ -55,6 +55,7 @@ ARMS = {  # name -> igpo.py flags on top of the task preset; adding an arm is on
     "igpo_prefix_cache": ["--fast_cache", "prefix"],  # rollouts with Fast-dLLM's prefix KV cache
     "igpo_dual_cache": ["--fast_cache", "dual"],     # rollouts with the dual (prefix + suffix) KV cache
 }
+QUICK_TEST = 20  # --quick scores the first QUICK_TEST problems of each test set
 RANGE_NAMES = {"in": "level test: values 0..5", "out": "level test: values beyond 5"}
 REFERENCE = "igpo"  # paired differences: REFERENCE minus every other arm (the first arm if REFERENCE is absent)
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
@@ -109,7 +110,7 @@ def score(model_dir, level, test_seed, args, out_dir):
     with keys 'level@<test seed>' and 'task'; accuracy by chain length and, on the level set, in and out of range."""
     torch.set_num_threads(1)
     m, tok = M.load(model_dir)
-    n = 20 if args.quick else None
+    n = QUICK_TEST if args.quick else None
     out = {}
     for key, items in ((f"level@{test_seed}", data.task_level(level_name(level), "test", test_seed)[:n]),
                        ("task", data.task_splits()["test"][:n])):
@@ -305,10 +306,11 @@ def write(args, res, quiet=False):
     levels = sorted({r["level"] for r in res["results"]}, key=float)
     has_plot = plot(res["results"], starts, args.out, ts)
     hist = "; ".join(f"`{h['command']}`: {h['runs']} runs, {h['wall_s'] / 60:.1f} min" for h in res["history"])
+    sizes = next(iter(starts.values()))["tests"]  # every start and run is scored on the same test sets
     text = [f"# IGPO vs baselines on the embedded task, by difficulty level\n\nMade by: {hist} (2-core CPU, "
             f"{args.parallel} runs at a time, 1 thread each). Init `{res['model']}`. Test seed {ts}: level test = "
-            f"{data.TASK_LEVEL_TEST if not args.quick else 20} problems of the level's distribution drawn with it; "
-            f"standard test = the task's test split{' (first 20)' if args.quick else ' (500 problems)'}. Greedy "
+            f"{sizes[f'level@{ts}']['n_problems']} problems of the level's distribution drawn with it; standard "
+            f"test = the first {sizes['task']['n_problems']} problems of the task's test split. Greedy "
             f"pass@1 after the last step; mean ± std over seeds. Rollouts / prompt-rollout: rollouts sampled "
             f"(re-sampled included) per on-policy rollout. Rollout s / batch: wall seconds of a rollout batch's "
             f"sampling (rescue included), 2 runs sharing 2 cores. KL, clip frac: means over the optimizer steps "
@@ -344,7 +346,8 @@ def main():
     p.add_argument("--seeds", default=None, help="comma list (default 0,1,2,3; --quick: 0)")
     p.add_argument("--test_seed", type=int, default=100, help="draws each level's test set (data.task_level)")
     p.add_argument("--parallel", type=int, default=2, help="runs at once (1 thread each)")
-    p.add_argument("--quick", action="store_true", help="1 seed, 1 rollout batch of 4 prompts, 20 test problems")
+    p.add_argument("--quick", action="store_true",
+                   help=f"1 seed, 1 rollout batch of 4 prompts, {QUICK_TEST} test problems")
     p.add_argument("--out", default="runs/claim", help="claim.md/.json/.png and runs.tsv (scratch by default)")
     p.add_argument("--runs", default="runs/claim-runs", help="each run's igpo.py output and evaluation rows")
     p.add_argument("--start_prompts", type=int, default=256, help="RL prompts for the start's all-wrong share")
