@@ -17,6 +17,7 @@ holds PRM800K's 12000-problem train split (MATH train + 4500 MATH test problems 
 the text after "####", becomes the gold answer). The trace is the response before that line.
 Use: `items = load_split("gsm8k", "test")`.
 """
+import functools
 import json
 import random
 import re
@@ -187,27 +188,34 @@ def shard(items: list, rank: int, world: int) -> list:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The embedded task: multi-step arithmetic word problems small enough to SFT and RL a tiny LLaDA on a CPU.
-#   "Tom has 3 coins. First he gets 2, second loses 4, third finds 3. How many coins now?"
-#   -> "first: 3+2=5\nsecond: 5-4=1\nthird: 1+3=4" -> \boxed{4}
-# Values stay in 0..TASK_MAX_VALUE = 0..5, so a step is one lookup in a table of 30 facts (+ or -) on the previous
-# value and an operand copied from the question; difficulty = number of steps. Why: a 4-layer d=128 model learns no
-# two-digit arithmetic in minutes on 2 cores; without the ordinal markers it did not learn to find the k-th operand
-# in 1000-1600 steps ("second" in question and trace makes it a copy by content); with values 0..9 (110 facts) 2000
-# SFT steps stayed near chance; with 0..5 it copies operands only after ~2000 (experiments/results/sft_start.md:
-# 4000 steps). Splits: SFT 1-5 steps, RL 3-5, test and val 2-5. No system prompt: prompts stay ~35 tokens and SFT
-# teaches the format. Measured on `python sft.py`'s model: bench/task_difficulty.py.
-TASK_SPLITS = {"sft": (1, 5, 80000, 1), "rl": (3, 5, 2000, 2), "test": (2, 5, 500, 3),  # min/max steps, size, seed
-               "val": (2, 5, 500, 4)}  # drawn like test, own seed: every setting is chosen on val or rl, never test
+# The embedded task: multi-step counting word problems small enough to SFT and RL a tiny LLaDA on a CPU, where a
+# right answer means a sound chain.
+#   "Tom has 3 coins. First he gets 2, second loses 4, third finds 3. How many coins after each step?"
+#   -> "first: 3+2=5\nsecond: 5-4=1\nthird: 1+3=4" -> \boxed{514}
+# Values stay in 1..6, so a step is one lookup in a table of 30 facts (+ or -) on the previous value and an operand
+# copied from the question (a 4-layer d=128 model learns no two-digit arithmetic in minutes on 2 cores; without the
+# ordinals it did not learn to find the k-th operand). The answer is every step's result in order, one digit each
+# (no 0, so numeric equivalence is string equality): it cannot be guessed (6 x 5^n chains of n steps) and it is right
+# only if every result is, so a right answer means a sound chain unless the box disagrees with the lines (measured:
+# docs/task.md). Difficulty is the chain length n (a rule on the problem): level `task-<n>` trains on n-step chains;
+# SFT sees lengths 1..7 with TASK_SFT_WEIGHTS, long chains rarely, so the start is at the edge of its competence.
+# Held out by construction: every level's rl, val and test chains are distinct and drawn before SFT's, which never
+# sees them (tests/test_task.py checks it); short chains repeat in SFT with new wording (there are only 30 of one step).
+TASK_VALUES = (1, 6)                       # every value of a chain lies in lo..hi
 TASK_NAMES = {"Tom": "He", "Sam": "He", "Leo": "He", "Ann": "She", "Mia": "She", "Eva": "She"}
 TASK_THINGS = ("coins", "apples", "cards", "pens", "shells", "books")
 TASK_VERBS = {"+": ("gets", "finds"), "-": ("loses", "gives")}
-TASK_ORDINALS = ("first", "second", "third", "fourth", "fifth")
+TASK_ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh")
+TASK_SFT = (80000, 1)                      # SFT problems, seed
+TASK_SFT_WEIGHTS = (1, 1, 1, 1, 1, 0.2, 0.1)  # relative frequency of chain lengths 1..7 in SFT
+TASK_LEVELS = (4, 5, 6, 7)                 # chain lengths with held-out sets (data names task-4 .. task-7)
+TASK_MAIN = 5                              # `task` = this level: python igpo.py trains on it, eval.py tests on it
+TASK_HELD = {"test": (500, 3), "val": (300, 4), "rl": (1000, 2)}  # per level: size, seed (+ 100 x level)
 TASK_MODEL = dict(d_model=128, n_layers=4, n_heads=4, n_kv_heads=4, mlp_hidden_size=384, rope_theta=10000.0,
-                  max_sequence_length=128)  # plus the ids and vocab size from the task tokenizer
-TASK_MAX_VALUE = 5  # every value of a chain stays in 0..TASK_MAX_VALUE (read at call time, like TASK_SPLITS)
-TASK_SAMPLING = dict(gen_length=56, block_length=8, steps=28, temperature=1.2)  # paper: T 1.2, 2 tokens per step; a
-# response is <= 53 tokens
+                  max_sequence_length=160)  # plus the ids and vocab size from the task tokenizer
+TASK_SAMPLING = dict(gen_length=80, block_length=8, steps=40, temperature=1.2, threshold=0.9)  # a response is <= 77
+# tokens. Fast-dLLM's confidence threshold, not the paper's 2 tokens per step: at 2 a step the start committed a
+# line's result beside its operand and reasoned soundly on 9% of val problems, at 0.9 on 82% in fewer forwards
 TASK_HINT_RESERVE = 8  # inpaint.build_hints(reserve=...): the window's last 8 slots stay free for the answer
 
 
@@ -217,99 +225,79 @@ def task_model_fields(tok):
                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
 
 
-def task_problem(rng, n_steps, max_value=9):
-    """One problem with n_steps operations; returns (question, answer, solution, chain key)."""
-    name, thing = rng.choice(sorted(TASK_NAMES)), rng.choice(TASK_THINGS)
-    v = rng.randint(0, max_value)
-    phrases, lines, key = [], [], [v]
-    for _ in range(n_steps):
-        op = rng.choice([o for o, ok in (("+", v < max_value), ("-", v > 0)) if ok])
-        n = rng.randint(1, max_value - v if op == "+" else v)
+def task_problem(rng, n_steps):
+    """One problem with n_steps operations: {question, answer, solution}, and its chain (the numbers and operations,
+    whatever the wording)."""
+    lo, hi = TASK_VALUES
+    name, thing, v = rng.choice(sorted(TASK_NAMES)), rng.choice(TASK_THINGS), rng.randint(lo, hi)
+    phrases, lines, chain = [], [], [v]
+    for k in range(n_steps):
+        op = rng.choice([o for o, ok in (("+", v < hi), ("-", v > lo)) if ok])
+        n = rng.randint(1, hi - v if op == "+" else v - lo)
         new = v + n if op == "+" else v - n
-        phrases.append(f"{TASK_ORDINALS[len(lines)]} {rng.choice(TASK_VERBS[op])} {n}")
-        lines.append(f"{TASK_ORDINALS[len(lines)]}: {v}{op}{n}={new}")
-        key += [op, n]
+        phrases.append(f"{TASK_ORDINALS[k]} {rng.choice(TASK_VERBS[op])} {n}")
+        lines.append(f"{TASK_ORDINALS[k]}: {v}{op}{n}={new}")
+        chain += [op, n]
         v = new
     steps = ", ".join(phrases).replace("first ", f"First {TASK_NAMES[name].lower()} ")
-    question = f"{name} has {key[0]} {thing}. {steps}. How many {thing} now?"
-    return question, str(v), "\n".join(lines), tuple(key)
+    question = f"{name} has {chain[0]} {thing}. {steps}. How many {thing} after each step?"
+    answer = "".join(line.rsplit("=", 1)[1] for line in lines)
+    return dict(question=question, answer=answer, solution="\n".join(lines)), tuple(chain)
 
 
-def task_splits(splits=None, max_value=None):
-    """{'sft' | 'rl' | 'test' | 'val': [items as the benchmark loaders']} (None: TASK_SPLITS, read at call time),
-    deterministic; a chain (numbers and operations, whatever the wording) is in one split only, once outside SFT."""
-    splits, held_out, out = splits or TASK_SPLITS, set(), {}
-    max_value = TASK_MAX_VALUE if max_value is None else max_value
-    for split in ("test", "rl", "val", "sft"):  # held-out splits first, so SFT never sees their chains
-        lo, hi, size, seed = splits[split]
-        rng, items, mine = random.Random(seed), [], set()
-        while len(items) < size:
-            q, a, sol, key = task_problem(rng, rng.randint(lo, hi), max_value)
-            if key in held_out or (key in mine and split != "sft"):  # SFT may repeat a chain (new wording):
-                continue                                                # there are only ~90 one-step chains
-            mine.add(key)
-            items.append(dict(id=f"task-{split}-{len(items)}", question=q, answer=a, solution=sol))
-        out[split], held_out = items, held_out | mine
+def task_splits():
+    """{"sft": items, "<split>-<n>": items for split in TASK_HELD and n in TASK_LEVELS}, deterministic. Held-out
+    sets first, each chain in one of them only; then SFT, whose chains avoid all of them (repeats allowed)."""
+    return _task_splits(tuple(TASK_SFT_WEIGHTS))  # read at call time: a probe of another SFT mix sets the constant
+
+
+@functools.lru_cache(maxsize=2)
+def _task_splits(sft_weights):
+    out, held = {}, set()
+    for n in TASK_LEVELS:
+        for split, (size, seed) in TASK_HELD.items():
+            rng, items = random.Random(seed + 100 * n), []
+            while len(items) < size:
+                item, chain = task_problem(rng, n)
+                if chain not in held:
+                    held.add(chain)
+                    items.append(dict(id=f"task-{split}-{n}-{len(items)}", **item))
+            out[f"{split}-{n}"] = items
+    size, seed = TASK_SFT
+    rng, out["sft"] = random.Random(seed), []
+    while len(out["sft"]) < size:
+        n, chain = rng.choices(range(1, len(sft_weights) + 1), sft_weights)[0], None
+        while chain is None or chain in held:  # redraw at the same length, so held-out chains do not skew lengths
+            item, chain = task_problem(rng, n)
+        out["sft"].append(dict(id=f"task-sft-{len(out['sft'])}", **item))
     return out
 
 
-# Difficulty levels (experiments/claim.py --level): `task-ext<s>` (e.g. task-ext0.5) replaces a share s of the RL
-# prompts with problems whose values exceed TASK_MAX_VALUE, up to TASK_EXT_MAX: numbers SFT never saw, so the start
-# rarely solves them and most of their groups are all wrong (IGPO's regime). A level's test set holds the same share,
-# by the same rule on the problem (never the model's failures), with the RL chain lengths, chains outside the level's
-# RL prompts (one may repeat reworded: the held-out splits took nearly every short in-range chain).
-TASK_EXT_MAX = 7
-TASK_EXT_RL = (3, 5, 2000, 12)  # out-of-range RL problems: min/max steps, size, seed (drawn like the RL split)
-TASK_LEVEL_TEST = 1000          # problems in a level's test set (test_seed draws it)
+def task_level(name, split):
+    """Items of level `task-<n>` (`task`: TASK_MAIN) for split rl | val | test; ValueError for another name."""
+    m = re.fullmatch(r"task(?:-(\d+))?", name)
+    if not m or int(m[1] or TASK_MAIN) not in TASK_LEVELS:
+        raise ValueError(f"{name!r}: expected task or task-<n>, n in {TASK_LEVELS}")
+    return task_splits()[f"{split}-{int(m[1] or TASK_MAIN)}"]
 
 
-def task_share(name):
-    """The out-of-range share s of a task data name: 'task' -> 0.0, 'task-ext0.5' -> 0.5; ValueError otherwise."""
-    m = re.fullmatch(r"task(-ext(\d*\.?\d+))?", name)
-    if not m or float(m[2] or 0) > 1:
-        raise ValueError(f"{name!r}: expected task or task-ext<share in [0, 1]>")
-    return float(m[2] or 0)
+_OPS = {"gets": "+", "finds": "+", "loses": "-", "gives": "-"}
 
 
-def _task_draw(n, seed, lengths, out_of_range, exclude, distinct, tag):
-    """n task problems, each with a chain length drawn from `lengths` (then chains until one fits), whose values
-    exceed TASK_MAX_VALUE (out_of_range) or do not, with chains outside `exclude` (each once when `distinct`)."""
-    rng, items, seen = random.Random(seed), [], set()
-    top = TASK_EXT_MAX if out_of_range else TASK_MAX_VALUE
-    while len(items) < n:
-        steps = rng.choice(lengths)
-        while True:
-            q, a, sol, _ = task_problem(rng, steps, top)
-            beyond = max(int(d) for d in re.findall(r"\d", sol)) > TASK_MAX_VALUE
-            if beyond == out_of_range and sol not in exclude and not (distinct and sol in seen):
-                break  # the solution text names the chain (values and operations), whatever the wording
-        seen.add(sol)
-        items.append(dict(id=f"task-{tag}-{len(items)}", question=q, answer=a, solution=sol))
-    return items
-
-
-def task_level(name, split, test_seed=100):
-    """Items of a level (`task` or `task-ext<s>`, see above), split 'rl' or 'test' (drawn with test_seed); eval.py's
-    `task` is the task's test split, not a level's test set."""
-    share, rl = task_share(name), task_splits()["rl"]
-    if share == 0 and split == "rl":  # `task-ext0` trains on `task`'s RL split
-        return rl
-    lo, hi, size, seed = TASK_EXT_RL
-    ext_rl = _task_draw(size, seed, range(lo, hi + 1), True, set(), True, "rl-ext")
-    if split == "rl":
-        k = round(share * len(rl))
-        items = rl[:len(rl) - k] + ext_rl[:k]
-        random.Random(seed).shuffle(items) if k else None
-        return items
-    assert split == "test", split
-    k = round(share * TASK_LEVEL_TEST)
-    like = lambda items: [it["solution"].count("\n") + 1 for it in items]  # the RL prompts' chain lengths
-    items = (_task_draw(TASK_LEVEL_TEST - k, test_seed, like(rl), False, {it["solution"] for it in rl}, False,
-                        f"test{test_seed}-in")
-             + _task_draw(k, test_seed + 1, like(ext_rl), True, {it["solution"] for it in ext_rl}, False,
-                          f"test{test_seed}-ext"))
-    random.Random(test_seed).shuffle(items)
-    return items
+def task_sound(question, text):
+    """Whether a completion reasons soundly: before </reasoning>, one line per operation of the question, line k
+    'a op n=c' with a the previous value (the start for k = 1), op and n the k-th operation, c = a op n. The reward
+    checks only the box; this is measured, never trained on."""
+    value = int(re.search(r"has (\d+)", question)[1])
+    ops = [(_OPS[verb], int(n)) for verb, n in re.findall(r"(gets|finds|loses|gives) (\d+)", question)]
+    lines = re.findall(r"(\d+)\s*([+-])\s*(\d+)\s*=\s*(\d+)", text.split("</reasoning>")[0])
+    if len(lines) != len(ops):
+        return False
+    for (a, op, n, c), (op_q, n_q) in zip(lines, ops):
+        if int(a) != value or op != op_q or int(n) != n_q or int(c) != (value + n_q if op == "+" else value - n_q):
+            return False
+        value = int(c)
+    return True
 
 
 def task_messages(question):
@@ -332,7 +320,7 @@ def task_tokenizer():
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
     words = sorted({*TASK_NAMES, *TASK_THINGS, *sum(TASK_VERBS.values(), ()), *TASK_ORDINALS, "First", "he", "she",
-                    "has", "How", "many", "now", "user", "assistant", "system"}, key=lambda w: (-len(w), w))
+                    "has", "How", "many", "after", "each", "step", "user", "assistant", "system"}, key=lambda w: (-len(w), w))
     vocab = TASK_SPECIAL + TASK_TAGS + ["\\boxed", "\n\n"] + [chr(c) for c in range(32, 127)] + ["\n"]
     vocab += [f" {d}" for d in "0123456789"] + [p + w for w in words for p in ("", " ")]
     vocab = list(dict.fromkeys(vocab))

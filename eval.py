@@ -15,7 +15,7 @@ Launch:  python eval.py                              # embedded task: checkpoint
          python eval.py --preset paper --model DIR   # GSM8K, MATH500, AMC23 on one device
          torchrun --nproc_per_node=8 eval.py --preset paper --model DIR --gen_length 512
 Output (OUT = --out_dir): OUT/{bench}.jsonl, one row per (problem, sample): id, sample, prompt, completion,
-extracted, gold, correct, format; OUT/{bench}.summary.json: accuracy, ci95, n, settings, model. Resumable: rows
+extracted, gold, correct, format, sound (task: every reasoning line right); OUT/{bench}.summary.json: accuracy, ci95, n, settings, model. Resumable: rows
 already in OUT/{bench}.jsonl, or in a crashed run's OUT/{bench}.jsonl.rank*.part, are not generated again.
 """
 import glob
@@ -39,10 +39,12 @@ import sample as S
 @dataclass
 class Config:  # a comment starting with [lo, hi] or {a|b} is the field's domain, checked at start-up (launch.domain)
     model: str = "GSAI-ML/LLaDA-8B-Instruct"  # HF dir / hub id; auto = checkpoints/task-sft, else scratch (random)
-    bench: str = "gsm8k,math500,amc23"   # comma list of gsm8k | math500 | amc23 | aime24 | task | task-ext<share>
+    bench: str = "gsm8k,math500,amc23"   # comma list of gsm8k | math500 | amc23 | aime24 | task | task-<n> (a level)
     gen_length: int = None               # [1, inf) new tokens; None = 256 (LLaDA protocol), task: data.TASK_SAMPLING
     block_length: int = None             # [1, inf) semi-AR block; None = 32 (LLaDA, d1), task: data.TASK_SAMPLING
     steps: int = None                    # [1, inf) denoising steps; None = gen_length // 2 (d1), task: TASK_SAMPLING
+    threshold: float = None              # [0, 1] commit every token with confidence >= this (Fast-dLLM; steps unused);
+                                         # None = LLaDA's steps (0 turns the task's off), task: TASK_SAMPLING
     temperature: float = None            # [0, inf) Gumbel temperature; None = 0 (greedy), AMC23/AIME24: 0.1 (paper)
     samples: int = None                  # [1, inf) samples per problem; None = 1 (pass@1), AMC23/AIME24: 16 (avg@16)
     remasking: str = "low_confidence"    # {low_confidence|random} LLaDA remasking
@@ -61,18 +63,19 @@ PRESETS = {"task": dict(model="auto", bench="task", limit=100, batch_size=50), "
 
 
 def protocol(bench, gen_length=None, block_length=None, steps=None, temperature=None, samples=None,
-             remasking="low_confidence", prefill=True):
+             remasking="low_confidence", prefill=True, threshold=None):
     """Generation settings of one benchmark; an argument that is not None overrides the benchmark's default."""
-    p = dict(gen_length=256, block_length=32, steps=None, temperature=0.0, samples=1)
+    p = dict(gen_length=256, block_length=32, steps=None, temperature=0.0, samples=1, threshold=None)
     if bench in ("amc23", "aime24"):
         p.update(temperature=0.1, samples=16)  # avg@16 at T = 0.1 (IGPO paper, AMC)
     if bench.startswith("task"):
-        p.update({k: data.TASK_SAMPLING[k] for k in ("gen_length", "block_length", "steps")})
+        p.update({k: data.TASK_SAMPLING[k] for k in ("gen_length", "block_length", "steps", "threshold")})
     given = dict(gen_length=gen_length, block_length=block_length, steps=steps, temperature=temperature,
-                 samples=samples)
+                 samples=samples, threshold=threshold)
     p.update({k: v for k, v in given.items() if v is not None})
     if p["steps"] is None or (gen_length is not None and steps is None):
         p["steps"] = p["gen_length"] // 2  # 2 tokens per step (LLaDA/d1 at 256 tokens: 128 steps)
+    p["threshold"] = p["threshold"] or None  # 0: off
     p.update(remasking=remasking, prefill=data.REASONING_PREFILL if prefill and not bench.startswith("task") else "")
     return p
 
@@ -80,7 +83,7 @@ def protocol(bench, gen_length=None, block_length=None, steps=None, temperature=
 def load_items(bench, data_dir="", limit=0):
     """(the first `limit` (0: all) test problems of `bench`, their chat-message builder)."""
     if bench.startswith("task"):  # the task's test split, or a difficulty level's test set (data.task_level)
-        items = data.task_splits()["test"] if bench == "task" else data.task_level(bench, "test")
+        items = data.task_level(bench, "test")
         return items[:limit or None], data.task_messages
     src = os.path.join(data_dir, data.BENCHMARKS[bench]["file"].format(split="test")) if data_dir else None
     return data.load_split(bench, "test", source=src)[:limit or None], data.build_messages
@@ -141,6 +144,7 @@ def evaluate(model, tokenizer, items, proto, *, out_path=None, messages=data.bui
         out = S.generate(model, ids, attention_mask=attn, gen_length=proto["gen_length"],
                          block_length=proto["block_length"], steps=proto["steps"], temperature=proto["temperature"],
                          remasking=proto["remasking"], generator=gens, early_exit=True, stop_ids=stops,
+                         threshold=proto["threshold"],
                          lockstep=launch.lockstep(device))  # (b, P + gen_length); the text to a stop is exact
         for (it, s), conv, row_ids in zip(batch, convs, out[:, ids.shape[1]:].tolist()):
             text = tokenizer.decode(S.until_stop(row_ids, stops), skip_special_tokens=True)  # up to the first stop
@@ -148,6 +152,7 @@ def evaluate(model, tokenizer, items, proto, *, out_path=None, messages=data.bui
             pred = reward.extract_answer(text)
             row = dict(id=it["id"], sample=s, completion=text, extracted=pred, gold=it["answer"],
                        correct=reward.is_equiv(pred, it["answer"]), format=reward.format_reward(text),
+                       sound=data.task_sound(it["question"], text) if it["id"].startswith("task") else None,
                        prompt=tokenizer.apply_chat_template(conv, add_generation_prompt=True, tokenize=False))
             new.append(row)
             part.write(json.dumps(row) + "\n")
@@ -172,9 +177,13 @@ def evaluate(model, tokenizer, items, proto, *, out_path=None, messages=data.bui
             os.remove(f)
     per_problem = [sum(r["correct"] for r in rows[j:j + k]) / k for j in range(0, len(rows), k)]
     acc = sum(per_problem) / max(1, len(per_problem))
-    return dict(metric="pass@1" if k == 1 else f"avg@{k}", accuracy=acc, ci95=wilson(acc, len(per_problem)),
-                n_problems=len(items), n_samples=len(rows),
-                format_reward=sum(r["format"] for r in rows) / max(1, len(rows)))
+    out = dict(metric="pass@1" if k == 1 else f"avg@{k}", accuracy=acc, ci95=wilson(acc, len(per_problem)),
+               n_problems=len(items), n_samples=len(rows),
+               format_reward=sum(r["format"] for r in rows) / max(1, len(rows)))
+    if rows and rows[0].get("sound") is not None:  # the task: right with every reasoning line right
+        sound = sum(bool(r["correct"] and r["sound"]) for r in rows) / len(rows)
+        out.update(sound_accuracy=sound, sound_ci95=wilson(sound, len(per_problem)))
+    return out
 
 
 def evaluate_fresh(model, tokenizer, bench, limit, out_path, batch_size=8, seed=0):
@@ -194,7 +203,10 @@ def evaluate_fresh(model, tokenizer, bench, limit, out_path, batch_size=8, seed=
 
 def fmt_acc(res):
     lo, hi = res["ci95"]
-    return f"{res['metric']} {res['accuracy']:.3f} (95% CI {lo:.3f}-{hi:.3f}, n = {res['n_problems']})"
+    out = f"{res['metric']} {res['accuracy']:.3f} (95% CI {lo:.3f}-{hi:.3f}, n = {res['n_problems']})"
+    if "sound_accuracy" in res:
+        out += f", sound {res['sound_accuracy']:.3f} ({res['sound_ci95'][0]:.3f}-{res['sound_ci95'][1]:.3f})"
+    return out
 
 
 def check_settings(path, settings, rank):
@@ -236,7 +248,7 @@ def main(argv=None):
     results = {}
     for bench in cfg.bench.split(","):
         proto = protocol(bench, cfg.gen_length, cfg.block_length, cfg.steps, cfg.temperature, cfg.samples,
-                         cfg.remasking, cfg.prefill)
+                         cfg.remasking, cfg.prefill, cfg.threshold)
         items, msgs = load_items(bench, cfg.data_dir, cfg.limit)
         out_path = os.path.join(cfg.out_dir, f"{bench}.jsonl")
         check_settings(out_path + ".settings.json", dict(model=cfg.model, seed=cfg.seed, **proto), rank)
@@ -249,9 +261,7 @@ def main(argv=None):
         if rank == 0:
             with open(os.path.join(cfg.out_dir, f"{bench}.summary.json"), "w") as f:
                 json.dump(summ, f, indent=2)
-            lo, hi = summ["ci95"]
-            print(f"{bench}: {summ['metric']} = {summ['accuracy']:.4f} (95% CI {lo:.4f}-{hi:.4f}, "
-                  f"n = {summ['n_problems']}), format reward {summ['format_reward']:.3f}")
+            print(f"{bench}: {fmt_acc(summ)}, format reward {summ['format_reward']:.3f}")
     if dist.is_initialized():
         dist.destroy_process_group()
     return results

@@ -121,7 +121,7 @@ PRESETS = {  # python igpo.py: the embedded task on a CPU (lr chosen on val: exp
     "task": dict(model=TASK_DEFAULT_MODEL, data="task", out_dir="runs/igpo-task", steps=40, prompts_per_step=16,
                  micro_batch=128, gen_length=data.TASK_SAMPLING["gen_length"], mu=2,
                  block_length=data.TASK_SAMPLING["block_length"], diffusion_steps=data.TASK_SAMPLING["steps"],
-                 temperature=data.TASK_SAMPLING["temperature"], chunk=(2, 4), reserve=data.TASK_HINT_RESERVE,
+                 temperature=data.TASK_SAMPLING["temperature"], fast_threshold=data.TASK_SAMPLING["threshold"], chunk=(2, 4), reserve=data.TASK_HINT_RESERVE,
                  lr=3e-4, warmup=5, grad_clip=1.0, grad_ckpt=False, save_every=40, eval_every=0,
                  eval_limit=500, ratio="token", loss_norm="token", lr_epochs=0, lora_rank=0, seed=0),
     "paper": dict(),
@@ -514,7 +514,7 @@ def train(cfg):
             policy.eval()
             mine, first = batch_items(items, step // cfg.mu, cfg, rank, world)
             b = make_batch(policy, ref, tok, mine, messages, cfg, step // cfg.mu, first, device, times)
-            stats = batch_stats(b, cfg)
+            stats = batch_stats(b, cfg, tok, mine)
             wrong = all_wrong(b.correct_policy, cfg.G).tolist()
             stats["no_trace"] = (float(sum(w and not has_trace(it) for w, it in zip(wrong, mine))), len(mine))
         policy.train()
@@ -573,12 +573,18 @@ def run_eval(policy, tok, cfg, step, metrics_f, log):
 
 # -------------------------------------- metrics, kept out of the algorithm above: (sum, count) pairs, summed over ranks
 
-SHOWN = ("acc", "all_wrong_before", "all_wrong_after", "loss")  # on the progress bar
+SHOWN = ("acc", "sound_acc", "all_wrong_before", "all_wrong_after", "loss")  # on the progress bar
 
 
-def batch_stats(b, cfg):
-    """The rollout batch's statistics as (sum, count) pairs (the README's table reports these)."""
+def batch_stats(b, cfg, tok, items):
+    """The rollout batch's statistics as (sum, count) pairs (the README's table reports these). On the task also
+    sound_acc (on-policy rollouts right with every reasoning line right) and sound_replaced (of the replacements)."""
     B, groups = len(b.comp), len(b.comp) // cfg.G
+    sound = {}
+    if items and items[0]["id"].startswith("task"):  # measured, never trained on (the reward checks only the box)
+        ok = torch.tensor([data.task_sound(items[r // cfg.G]["question"], tok.decode(c)) for r, c in enumerate(b.comp)])
+        sound = dict(sound_acc=(float((ok & (b.correct_policy > 0) & ~b.replaced).sum()), B),
+                     sound_replaced=(float((ok & b.replaced).sum()), float(b.replaced.sum())))
     wrong = float(all_wrong(b.correct_policy, cfg.G).sum())  # all-wrong groups before the rescue
     gen, hint, ent = ~b.hint & b.lmask, b.hint & b.lmask, b.ent[0]
     per_rollout = dict(acc=b.correct_policy > 0, acc_after=b.correct > 0, reward=b.reward, replaced=b.replaced,
@@ -589,7 +595,7 @@ def batch_stats(b, cfg):
                 spent=(B + (cfg.G * wrong if cfg.rescue != "off" else 0.0), B),  # rollouts sampled
                 hint_frac=(float(b.hint.sum()), float(b.lmask.sum())),
                 ent_hint=(float((ent * hint).sum()), float(hint.sum())),
-                ent_gen=(float((ent * gen).sum()), float(gen.sum())))
+                ent_gen=(float((ent * gen).sum()), float(gen.sum())), **sound)
 
 
 def summarize(stats, times, world):

@@ -1,20 +1,21 @@
-"""How hard is each difficulty level of the embedded task for the SFT start? The x axis of the dose-response.
+"""How hard is each difficulty level of the embedded task for the SFT start, and does a right answer mean a sound
+chain there? The x axis of the dose-response, and the task's design properties (docs/task.md).
 
-A level `task-ext<s>` (data.task_level) replaces a share s of the RL prompts with problems whose values go beyond
-what SFT saw (6..7 against 0..5). For each level this samples G rollouts per prompt from the start, exactly as
-igpo.py's first rollout batch would (igpo.roll_out: the task preset's sampler, temperature and reward rule), on
-prompts of the level's RL split (never test), and reports: the pass rate of single rollouts, the all-wrong share
-(the groups IGPO acts on), how many of those groups hinted re-sampling rescues (igpo.rescue, --rescue hints) and
-how many re-sampling without hints rescues (--rescue resample), and greedy accuracy on the level's test set.
+A level `task-<n>` (data.task_level) holds n-step chains; SFT saw long chains rarely (data.TASK_SFT_WEIGHTS). For
+each level this samples G rollouts per prompt from the start exactly as igpo.py's first rollout batches would
+(igpo.roll_out: the task preset's sampler, temperature and reward rule) on the level's RL prompts (never test),
+and reports: the rollout pass rate; how many right rollouts reason soundly (every line right: data.task_sound) and
+how often an unsound rollout is right; the all-wrong share (the groups IGPO acts on); how many of those groups
+hinted re-sampling (igpo.rescue, --rescue hints) and plain re-sampling (--rescue resample) rescue, and how many of
+the chosen replacements are sound; the best constant answer's share; greedy pass@1 and sound pass@1 on val.
 
-Run:  python experiments/levels.py [--levels 0,0.25,0.5,0.75,1] [--prompts 256] [--out experiments/results]
-Writes OUT/levels.md and OUT/levels.json (default OUT: runs/levels; the committed numbers are in
-experiments/results/levels.md).
+Run:  python experiments/levels.py [--levels 4,5,6,7] [--prompts 128] [--out experiments/results]
+Writes OUT/levels.md and OUT/levels.json (default OUT: runs/levels; the committed numbers: experiments/results/).
 """
 import argparse
+import collections
 import json
 import os
-import re
 import sys
 import time
 
@@ -31,71 +32,81 @@ import model as M  # noqa: E402
 
 def measure(m, tok, name, n_prompts, seed, rescue, extra=()):
     """Over the first n_prompts of the level's seeded data order (igpo.py's first rollout batches under the task
-    preset + extra igpo.py flags): {pass_rate, all_wrong (groups), rescued (groups with a replacement), sound:
-    [sound, verified] for the correct on-policy rollouts and for the rollouts chosen as replacements}."""
+    preset + extra igpo.py flags): counts of rollouts (right, sound, right and sound, wrong), all-wrong groups,
+    rescued groups, and [sound, verified] of the rollouts chosen as replacements."""
     cfg = launch.parse_config(igpo.Config, igpo.PRESETS, ["--data", name, "--seed", str(seed), "--rescue", rescue,
                                                           *extra])
     items, messages = data.rl_prompts(name)
-    out = dict(passed=0, all_wrong=0, rescued=0, sound_policy=[0, 0], sound_replaced=[0, 0])
+    out = collections.Counter()
+    out["sound_replaced"] = [0, 0]
     for k in range(n_prompts // cfg.prompts_per_step):
         mine, first = igpo.batch_items(items, k, cfg, 0, 1)
         b = igpo.roll_out(m, tok, mine, messages, cfg, k, first, torch.device("cpu"))
-        out["passed"] += int((b.correct > 0).sum())
+        for r, c in enumerate(b.comp):
+            right, sound = bool(b.correct[r] > 0), data.task_sound(mine[r // cfg.G]["question"], tok.decode(c))
+            out.update(rollouts=1, right=right, sound=sound, right_sound=right and sound)
         out["all_wrong"] += int(igpo.all_wrong(b.correct, cfg.G).sum())
-        for r in (b.correct > 0).nonzero().squeeze(1).tolist():
-            out["sound_policy"][0] += sound(mine[r // cfg.G]["question"], tok.decode(b.comp[r]))
-            out["sound_policy"][1] += 1
         if rescue != "off":
             rows, comp, _, correct, _, _ = igpo.rescue(m, tok, mine, b, cfg, first)
             out["rescued"] += len(set((rows // cfg.G).tolist()))
             for r, c in zip(rows.tolist(), comp):
-                out["sound_replaced"][0] += sound(mine[r // cfg.G]["question"], tok.decode(c))
+                out["sound_replaced"][0] += data.task_sound(mine[r // cfg.G]["question"], tok.decode(c))
                 out["sound_replaced"][1] += 1
-    out["pass_rate"] = out.pop("passed") / (n_prompts * cfg.G)
-    return out
+    return dict(out)
 
 
-OPS = {"gets": "+", "finds": "+", "loses": "-", "gives": "-"}
+def properties(hinted, resampled, val, groups, const):
+    """The design properties of one level (names as in issue 26's list) from measure()'s counts."""
+    n, w = hinted["rollouts"], hinted["all_wrong"]
+    unsound = n - hinted["sound"]
+    return dict(pass_rate=hinted["right"] / n, sound_given_right=hinted["right_sound"] / max(1, hinted["right"]),
+                right_given_unsound=(hinted["right"] - hinted["right_sound"]) / max(1, unsound),
+                all_wrong=w / groups, rescued_hints=hinted.get("rescued", 0) / max(1, w),
+                rescued_resample=resampled.get("rescued", 0) / max(1, w),
+                sound_hinted=hinted["sound_replaced"][0] / max(1, hinted["sound_replaced"][1]),
+                sound_resampled=resampled["sound_replaced"][0] / max(1, resampled["sound_replaced"][1]),
+                best_constant=const, val_pass1=val["accuracy"], val_sound_pass1=val["sound_accuracy"],
+                val_sound_given_right=val["sound_accuracy"] / max(1e-9, val["accuracy"]))
 
 
-def sound(question, text):
-    """Whether a completion's reasoning is right step by step: one line per operation of the question, line k
-    'ordinal: a op n=c' with a the previous value (the start for k = 1), op and n the question's k-th operation and
-    c = a op n. The reward checks only the boxed answer, which a hint can reveal (the last line's result)."""
-    value = int(re.search(r"has (\d+)", question)[1])
-    ops = [(OPS[verb], int(n)) for verb, n in re.findall(r"(gets|finds|loses|gives) (\d+)", question)]
-    lines = re.findall(r"(\d+)\s*([+-])\s*(\d+)\s*=\s*(\d+)", text.split("</reasoning>")[0])
-    if len(lines) != len(ops):
-        return False
-    for (a, op, n, c), (op_q, n_q) in zip(lines, ops):
-        if int(a) != value or op != op_q or int(n) != n_q or int(c) != (value + n_q if op == "+" else value - n_q):
-            return False
-        value = int(c)
-    return True
+COLUMNS = [("pass_rate", "rollout pass rate"), ("sound_given_right", "sound / right (rollouts)"),
+           ("right_given_unsound", "right / unsound (rollouts)"), ("all_wrong", "all-wrong groups"),
+           ("rescued_hints", "rescued by hints"), ("sound_hinted", "sound / hinted replacements"),
+           ("rescued_resample", "rescued by re-sampling"), ("sound_resampled", "sound / re-sampled replacements"),
+           ("best_constant", "best constant answer"), ("val_pass1", "val pass@1 (greedy)"),
+           ("val_sound_pass1", "val sound pass@1"), ("val_sound_given_right", "val sound / right")]
+
+
+def table(rows):
+    head = "| level | " + " | ".join(c for _, c in COLUMNS) + " |\n|---" * (len(COLUMNS) + 1) + "|\n"
+    return head + "".join(f"| {r['level']} | " + " | ".join(f"{r[k]:.3f}" for k, _ in COLUMNS) + " |\n"
+                          for r in rows)
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description="Each difficulty level of the embedded task at the SFT start: "
+                                            "all-wrong share, rescues, soundness (see the module docstring).")
     p.add_argument("--model", default="checkpoints/task-sft", help="the SFT start")
-    p.add_argument("--levels", default="0,0.25,0.5,0.75,1", help="out-of-range shares s (data name task-ext<s>)")
-    p.add_argument("--prompts", type=int, default=256, help="RL prompts per level (a multiple of 16)")
+    p.add_argument("--levels", default=",".join(map(str, data.TASK_LEVELS)), help="chain lengths n (task-<n>)")
+    p.add_argument("--prompts", type=int, default=128, help="RL prompts per level (a multiple of 16)")
+    p.add_argument("--val", type=int, default=300, help="val problems per level for greedy pass@1 (0: all)")
     p.add_argument("--seed", type=int, default=0, help="data order and sampling seed (igpo.py --seed)")
     p.add_argument("--out", default="runs/levels", help="where levels.md/.json go")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     m, tok = M.load(os.path.join(ROOT, args.model))
     rows, t0 = [], time.time()
-    for s in args.levels.split(","):
-        name = f"task-ext{s}"
+    for n in args.levels.split(","):
+        name = f"task-{n}"
         hinted = measure(m, tok, name, args.prompts, args.seed, "hints")
         resampled = measure(m, tok, name, args.prompts, args.seed, "resample")
-        step = measure(m, tok, name, args.prompts, args.seed, "hints", ["--withhold", "step"])
         assert resampled["all_wrong"] == hinted["all_wrong"]  # the same on-policy rollouts: only the rescue differs
-        test = E.evaluate(m, tok, data.task_level(name, "test"), E.protocol("task"), messages=data.task_messages,
-                          batch_size=128)
-        rows.append(dict(level=name, share=float(s), groups=args.prompts, test_greedy=test["accuracy"], **hinted,
-                         rescued_resample=resampled["rescued"], sound_resampled=resampled["sound_replaced"],
-                         rescued_withhold_step=step["rescued"], sound_withhold_step=step["sound_replaced"]))
+        val = E.evaluate(m, tok, data.task_level(name, "val")[:args.val or None], E.protocol("task"),
+                         messages=data.task_messages, batch_size=100)
+        rl = data.task_level(name, "rl")
+        const = collections.Counter(it["answer"] for it in rl).most_common(1)[0][1] / len(rl)
+        rows.append(dict(level=name, groups=args.prompts, counts=dict(hinted=hinted, resampled=resampled),
+                         **properties(hinted, resampled, val, args.prompts, const)))
         print(json.dumps(rows[-1]), flush=True)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "levels.json"), "w") as f:
@@ -103,20 +114,9 @@ def main():
     with open(os.path.join(args.out, "levels.md"), "w") as f:
         f.write(f"# Difficulty levels at the SFT start\n\n`python experiments/levels.py {' '.join(sys.argv[1:])}` "
                 f"({(time.time() - t0) / 60:.1f} min). Start `{args.model}`; {args.prompts} RL-split prompts per "
-                f"level (seed {args.seed}'s data order) x G 8, the task preset's sampler (T 1.2, 2 tokens per step) "
-                f"and reward rule; test greedy on the level's {data.TASK_LEVEL_TEST}-problem test set (test seed "
-                f"100). Sound: a verified rollout whose every reasoning line is right (the reward checks only "
-                f"the box).\n\n| level | out-of-range share | rollout pass rate | all-wrong groups | rescued by hints | "
-                f"rescued by re-sampling | rescued by hints without the last step | sound / verified: on-policy | "
-                f"hinted replacements | re-sampled replacements | hinted without the last step | level test greedy "
-                f"|\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-        for r in rows:
-            w = r["all_wrong"]
-            frac = lambda pair: f"{pair[0]} / {pair[1]} = {pair[0] / max(1, pair[1]):.2f}"
-            f.write(f"| {r['level']} | {r['share']:.2f} | {r['pass_rate']:.3f} | {w} / {r['groups']} = "
-                    f"{w / r['groups']:.3f} | {r['rescued']} / {w} | {r['rescued_resample']} / {w} | "
-                    f"{r['rescued_withhold_step']} / {w} | {frac(r['sound_policy'])} | {frac(r['sound_replaced'])} | "
-                    f"{frac(r['sound_resampled'])} | {frac(r['sound_withhold_step'])} | {r['test_greedy']:.3f} |\n")
+                f"level (seed {args.seed}'s data order) x G 8 with the task preset's sampler and reward rule; val "
+                f"greedy on the level's first {args.val} val problems. Sound: every reasoning line right "
+                f"(data.task_sound; the reward checks only the box).\n\n{table(rows)}")
     print(f"-> {args.out}/levels.md")
 
 

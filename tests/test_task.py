@@ -1,4 +1,6 @@
-"""The embedded task (data.py): deterministic, correct traces, disjoint splits, a tokenizer on LLaDA's code path."""
+"""The embedded task (data.py): deterministic, correct traces, held-out sets, un-guessable answers, the soundness
+check, a tokenizer on LLaDA's code path."""
+import collections
 import re
 
 import pytest
@@ -11,45 +13,109 @@ import reward
 import sft
 
 
-def test_deterministic_from_seed():
-    a, b = data.task_splits(), data.task_splits()
-    assert a == b
-    other = data.task_splits({**data.TASK_SPLITS, "sft": (*data.TASK_SPLITS["sft"][:3], 99)})
-    assert other["sft"] != a["sft"] and other["test"] == a["test"]
+def chain(it):
+    """The chain of an item, whatever the wording: the start value, then each line's operator and operand."""
+    return (re.search(r"has (\d+)", it["question"])[1], *re.findall(r": \d([+-]\d)=", it["solution"]))
 
 
-def test_traces_are_correct():
-    for split, items in data.task_splits().items():
-        lo, hi = data.TASK_SPLITS[split][:2]
-        for it in items:
+def test_deterministic_and_the_sft_mix_changes_only_sft(monkeypatch):
+    a = data.task_splits()
+    assert a == data._task_splits.__wrapped__(tuple(data.TASK_SFT_WEIGHTS))  # not an artefact of the cache
+    monkeypatch.setattr(data, "TASK_SFT_WEIGHTS", (1,) * len(data.TASK_ORDINALS))
+    b = data.task_splits()
+    assert b["sft"] != a["sft"] and all(b[k] == a[k] for k in a if k != "sft")
+
+
+def test_traces_and_answers_are_correct():
+    lo, hi = data.TASK_VALUES
+    for key, items in data.task_splits().items():
+        for it in items[:400]:
             assert set(it) == {"id", "question", "answer", "solution"}
             lines = it["solution"].split("\n")
-            assert lo <= len(lines) <= hi
-            start = int(re.search(r"has (\d+)", it["question"]).group(1))
+            v = int(re.search(r"has (\d+)", it["question"])[1])
             operands = [int(n) for n in re.findall(r"(?:gets|finds|loses|gives) (\d+)", it["question"])]
-            v = start
+            results = ""
             for k, (line, n) in enumerate(zip(lines, operands, strict=True)):
                 a, op, b, c = re.fullmatch(data.TASK_ORDINALS[k] + r": (\d)([+-])(\d)=(\d)", line).groups()
                 assert int(a) == v and int(b) == n and int(c) == (v + n if op == "+" else v - n)
-                v = int(c)
-            assert it["answer"] == str(v)
-            assert reward.is_equiv(reward.extract_answer(data.format_response(it)), it["answer"])
+                assert lo <= int(c) <= hi
+                v, results = int(c), results + c
+            assert it["answer"] == results  # every step's result, in order
+            if key != "sft":
+                assert len(lines) == int(key.split("-")[1])  # a level is a chain length
+    for it in data.task_level("task-4", "test")[:20]:  # the reward path reads the digit string back
+        assert reward.is_equiv(reward.extract_answer(data.format_response(it)), it["answer"])
+        assert not reward.is_equiv(it["answer"][:-1], it["answer"])
 
 
-def test_splits_do_not_overlap_and_rl_is_harder():
+def test_every_held_out_set_is_disjoint_from_sft_and_from_each_other():
+    """Held out by construction: no chain of a level's rl, val or test set is in SFT or in another held-out set."""
     s = data.task_splits()
-    chains = {k: {tuple(re.findall(r"\d+|[+-]", it["solution"])) for it in v} for k, v in s.items()}
-    for a, b in [("sft", "rl"), ("sft", "test"), ("sft", "val"), ("rl", "test"), ("rl", "val"), ("test", "val")]:
-        assert not chains[a] & chains[b], (a, b)
-    steps = {k: sum(it["solution"].count("\n") + 1 for it in v) / len(v) for k, v in s.items()}
-    assert steps["rl"] > steps["sft"]
+    chains = {k: {chain(it) for it in v} for k, v in s.items()}
+    held = [k for k in s if k != "sft"]
+    assert len(held) == len(data.TASK_LEVELS) * len(data.TASK_HELD)
+    for k in held:
+        assert len(chains[k]) == len(s[k])  # distinct within the set
+        assert not chains[k] & chains["sft"], k
+        for k2 in held:
+            assert k == k2 or not chains[k] & chains[k2], (k, k2)
+    lengths = collections.Counter(len(c) - 1 for c in chains["sft"])
+    assert set(lengths) == set(range(1, len(data.TASK_ORDINALS) + 1))  # SFT sees every length, long ones rarely
+    assert lengths[7] < lengths[5] / 4
+
+
+def test_answers_cannot_be_guessed():
+    """The best constant answer is right on at most 2% of any level's problems (issue 26's bound)."""
+    for n in data.TASK_LEVELS:
+        for split in data.TASK_HELD:
+            items = data.task_level(f"task-{n}", split)
+            top = collections.Counter(it["answer"] for it in items).most_common(1)[0][1]
+            assert top / len(items) <= 0.02, (n, split, top)
+
+
+def test_levels_and_names():
+    assert data.task_level("task", "rl") == data.task_level(f"task-{data.TASK_MAIN}", "rl")
+    items, messages = data.rl_prompts("task-6", 16)
+    assert items == data.task_level("task-6", "rl")[:16] and messages is data.task_messages
+    for bad in ("task-3", "task-ext1", "tasks", "task-"):
+        with pytest.raises(ValueError, match="task-<n>"):
+            data.task_level(bad, "rl")
+
+
+Q = "Tom has 5 coins. First he gets 1, second loses 3, third finds 2. How many coins after each step?"
+RIGHT = "<reasoning>\nfirst: 5+1=6\nsecond: 6-3=3\nthird: 3+2=5\n</reasoning>\n<answer>\n\\boxed{635}\n</answer>"
+
+
+@pytest.mark.parametrize("text, sound", [
+    (RIGHT, True),
+    (RIGHT.replace("6-3=3", "6-3=2"), False),                      # one wrong result
+    (RIGHT.replace("second: 6-3=3", "second: 6-2=4"), False),      # a wrong operand
+    (RIGHT.replace("third: 3+2=5", "third: 4+1=5"), False),        # right result from the wrong previous value
+    (RIGHT.replace("second: 6-3=3\n", ""), False),                 # a missing line
+    (RIGHT.replace("third: 3+2=5\n", "third: 3+2=5\nfourth: 5-1=4\n"), False),  # an extra line
+    (RIGHT.replace("third: 3+2=5\n", "").replace("\\boxed{635}", "third: 3+2=5 \\boxed{635}"), False),  # a line
+    ("first: 5+1=6\nsecond: 6-3=3\nthird: 3+2=5", True),          # no tags: the lines are what counts
+    (RIGHT.replace("\\boxed{635}", "\\boxed{999}"), True),          # the box is the reward's business, not soundness
+])
+def test_task_sound_on_hand_made_completions(text, sound):
+    """data.task_sound reads only the reasoning block (lines written in the answer block do not count)."""
+    assert data.task_sound(Q, text) is sound
+    assert data.task_sound(Q, text) is sound
+
+
+def test_reference_solutions_are_sound():
+    for n in data.TASK_LEVELS:
+        for it in data.task_level(f"task-{n}", "val")[:100]:
+            assert data.task_sound(it["question"], data.format_response(it))
+            assert not data.task_sound(it["question"], data.format_response(dict(it, solution=it["solution"][:-1] +
+                                                                                 "0")))
 
 
 def test_tokenizer_round_trip_and_llada_template(tmp_path):
     tok = data.task_tokenizer()
     tok.save_pretrained(tmp_path)
     tok2 = AutoTokenizer.from_pretrained(tmp_path)
-    it = data.task_splits()["rl"][0]
+    it = data.task_level("task-7", "rl")[0]
     msgs = data.task_messages(it["question"])
     prompt = tok2.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
     assert prompt == ("<|startoftext|><|start_header_id|>user<|end_header_id|>\n\n" + it["question"] +
@@ -69,42 +135,7 @@ def test_task_preset_fits_the_sampling_window():
     tok = data.task_tokenizer()
     cfg = sft.parse_config([])  # the no-flag preset: the embedded task
     assert cfg.data == "task" and cfg.resp_len == data.TASK_SAMPLING["gen_length"]  # SFT rows = the RL canvas
-    splits = data.task_splits()
-    assert max(data.TASK_SPLITS[k][1] for k in ("rl", "test")) >= data.TASK_SPLITS["sft"][1]
-    for items in (splits["rl"], splits["test"]):  # the longest chains; SFT's are shorter
-        pairs = sft.tokenize_pairs(items, tok, cfg, log=lambda *a: None)
-        assert len(pairs) == len(items)  # nothing over max_len: every response (+ EOT) fits the window
-
-
-def test_task_max_value_bounds_every_value_and_rl_prompts_limit(monkeypatch):
-    monkeypatch.setattr(data, "TASK_MAX_VALUE", 5)  # read at call time (experiments/sft_start.py's max5 configs)
-    splits = data.task_splits()
-    for items in splits.values():
-        for it in items[:300]:
-            assert max(int(n) for n in re.findall(r"\d", it["solution"])) <= 5
-    items, messages = data.rl_prompts("task", 16)
-    assert items == splits["rl"][:16] and messages is data.task_messages
-    assert data.rl_prompts("task")[0] == splits["rl"]
-
-
-def test_task_levels_mix_out_of_range_problems_by_a_rule_on_the_problem():
-    """task-ext<s>: a share s of the RL prompts and of the level's test set go beyond SFT's values (a rule on the
-    problem, not on a model's failures); test chains stay outside the level's RL prompts; task-ext0 trains on
-    task's RL split; a test seed draws a fresh test set of the same distribution."""
-    import re
-    top = lambda it: max(int(d) for d in re.findall(r"\d", it["solution"]))
-    assert data.task_level("task-ext0", "rl") == data.task_splits()["rl"]
-    for share in (0.25, 1):
-        rl, test = data.task_level(f"task-ext{share}", "rl"), data.task_level(f"task-ext{share}", "test")
-        assert len(rl) == len(data.task_splits()["rl"]) and len(test) == data.TASK_LEVEL_TEST
-        for items in (rl, test):
-            beyond = [top(it) > data.TASK_MAX_VALUE for it in items]
-            assert sum(beyond) == round(share * len(items))
-            assert all(top(it) <= data.TASK_EXT_MAX for it in items)
-            assert all(it["answer"] == it["solution"].split("=")[-1] for it in items)  # the chain's last value
-        assert not {it["solution"] for it in rl} & {it["solution"] for it in test}
-        fresh = data.task_level(f"task-ext{share}", "test", test_seed=7)
-        assert [it["question"] for it in fresh] != [it["question"] for it in test]
-    for bad in ("task-ext2", "task-extx", "tasks"):
-        with pytest.raises(ValueError, match="task-ext"):
-            data.task_share(bad)
+    longest = data.task_level(f"task-{max(data.TASK_LEVELS)}", "test")
+    pairs = sft.tokenize_pairs(longest, tok, cfg, log=lambda *a: None)
+    assert len(pairs) == len(longest)  # nothing over max_len: every response (+ EOT) fits the window
+    assert max(len(p) for p, _ in pairs) + cfg.resp_len <= data.TASK_MODEL["max_sequence_length"]
