@@ -89,6 +89,8 @@ MUTANTS = [
            "per_group = b.lmask.view(-1, cfg.G, keep.shape[1])", IG, NOT_SLOW_IG),
     Mutant("filter candidates: hints in the loss", "igpo.py", "inpaint.entropy_filter(b.ent[j], b.hint & b.lmask, cfg.tau)",
            "inpaint.entropy_filter(b.ent[j], b.hint, cfg.tau)", IG, NOT_SLOW_IG),
+    Mutant("lr horizon: lr_at decays over --lr_epochs' horizon, not --steps", "igpo.py",
+           "launch.lr_at(step, horizon, cfg.lr", "launch.lr_at(step, cfg.steps, cfg.lr", LAU, "horizon"),
     Mutant("rollout seeds: global row index", "igpo.py", '"rollout", batch_idx, first * G + r)',
            '"rollout", batch_idx, r)', IG, NOT_SLOW_IG),
     # ------------------------------------------------------------------------------------------- inpaint.py
