@@ -58,8 +58,6 @@ ARMS = {  # name -> igpo.py flags on top of the task preset; adding an arm is on
 QUICK_TEST = 20  # --quick scores the first QUICK_TEST problems of each test set
 RANGE_NAMES = {"in": "level test: values 0..5", "out": "level test: values beyond 5"}
 REFERENCE = "igpo"  # paired differences: REFERENCE minus every other arm (the first arm if REFERENCE is absent)
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-# two-sided 95% quantiles of Student's t by degrees of freedom (the normal's 1.96 beyond 10)
 
 
 def level_name(level):
@@ -167,6 +165,33 @@ def run_stats(run, test_seed):
     return out
 
 
+def t_inside(t, df):
+    """P(|T| < t) for Student's t with an integer number df of degrees of freedom: the finite series of
+    Abramowitz & Stegun 26.7.3 (df odd) and 26.7.4 (df even) in theta = atan(t / sqrt(df)); exact, no scipy."""
+    th = math.atan(t / math.sqrt(df))
+    c2 = math.cos(th) ** 2
+    if df % 2 == 0:  # sin(th) (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ... up to cos^(df-2))
+        term = total = 1.0
+        for k in range(2, df, 2):
+            term *= (k - 1) / k * c2
+            total += term
+        return math.sin(th) * total
+    term, total = math.cos(th), 0.0  # 2/pi (th + sin(th) (cos + 2/3 cos^3 + ... up to cos^(df-2)))
+    for k in range(3, df + 1, 2):
+        total += term
+        term *= (k - 1) / k * c2
+    return 2 / math.pi * (th + math.sin(th) * total)
+
+
+def t975(df):
+    """The two-sided 95% quantile of Student's t (12.706 at df 1, 2.201 at 11, 1.984 at 100): bisection on t_inside."""
+    lo, hi = 0.0, 1000.0
+    for _ in range(60):  # 1000 / 2^60: far below the 3 decimals printed
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if t_inside(mid, df) < 0.95 else (lo, mid)
+    return (lo + hi) / 2
+
+
 def mean_std(xs):
     return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.3f}"
 
@@ -175,7 +200,7 @@ def paired_interval(d):
     """(mean, lo, hi) of paired differences d: Student-t 95% interval of the mean over seeds."""
     if len(d) < 2:
         return statistics.mean(d), float("nan"), float("nan")
-    half = T975.get(len(d) - 1, 1.96) * statistics.stdev(d) / math.sqrt(len(d))
+    half = t975(len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d))
     return statistics.mean(d), statistics.mean(d) - half, statistics.mean(d) + half
 
 

@@ -2,6 +2,7 @@
 never who won). The arms come from claim.ARMS, plus one added by the test: the harness must not depend on a list."""
 import importlib.util
 import json
+import math
 import os
 import sys
 
@@ -77,3 +78,47 @@ def test_levels_sound_checks_every_reasoning_line():
     assert levels.sound(q, "first: 5+2=7\nsecond: 7-3=4\nthird: 4+3=7\nfourth: 7-2=5\n</reasoning>\\boxed{5}")
     assert not levels.sound(q, "first: 0+2=7\nsecond: 4-3=4\nthird: 4+3=1\nfourth: 7-2=5\n</reasoning>\\boxed{5}")
     assert not levels.sound(q, "first: 5+2=7\nsecond: 7-3=4\nthird: 4+3=7\n</reasoning>\\boxed{7}")  # a step missing
+
+
+@pytest.mark.parametrize("df,table", [(1, 12.706), (2, 4.303), (5, 2.571), (10, 2.228), (11, 2.201), (20, 2.086),
+                                      (30, 2.042), (100, 1.984)])
+def test_t_quantile_matches_the_table(df, table):
+    assert abs(claim.t975(df) - table) < 6e-4  # the table's 3 decimals
+
+
+@pytest.mark.parametrize("df", [3, 4, 12, 37, 64])
+def test_t_quantile_by_integrating_the_density(df):
+    """An independent computation: Simpson's rule on Student's density from 0 to the quantile gives 0.475."""
+    q, n = claim.t975(df), 2000
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+    f = [c * (1 + (q * i / n) ** 2 / df) ** (-(df + 1) / 2) for i in range(n + 1)]
+    area = q / n / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
+    assert area == pytest.approx(0.475, abs=1e-7)
+
+
+def test_paired_interval_and_mean_std_by_hand():
+    # d = 0.1, 0.3: mean 0.2, std sqrt(0.02) = 0.141421, half = 12.706 * 0.141421 / sqrt(2) = 1.2706
+    m, lo, hi = claim.paired_interval([0.1, 0.3])
+    assert m == pytest.approx(0.2)
+    assert lo == pytest.approx(0.2 - 1.2706, abs=1e-4) and hi == pytest.approx(0.2 + 1.2706, abs=1e-4)
+    # 12 seeds, six 0 and six 1: mean 0.5, std sqrt(3 / 11), half = t(11) sqrt(3 / 11) / sqrt(12) = 2.201 / sqrt(44)
+    m, lo, hi = claim.paired_interval([0.0] * 6 + [1.0] * 6)
+    assert m == 0.5 and hi - m == pytest.approx(2.201 / math.sqrt(44), abs=1e-4) and m - lo == pytest.approx(hi - m)
+    m, lo, hi = claim.paired_interval([0.25])  # one seed: no interval
+    assert m == 0.25 and math.isnan(lo) and math.isnan(hi)
+    assert claim.mean_std([0.1, 0.3]) == "0.200 ± 0.141"  # sample std (n - 1)
+    assert claim.mean_std([0.5]) == "0.500 ± 0.000"
+
+
+def test_run_stats_by_hand():
+    """5 rollout batches (mu = 2: update rows between them): halves of 2 batches; rollout time includes inpainting."""
+    rows = []
+    for i, acc in enumerate([0.0, 0.25, 0.5, 0.75, 1.0]):
+        rows.append(dict(step=2 * i + 1, acc=acc, all_wrong_before=0.1 * i, all_wrong_after=0.05 * i, spent=1 + i,
+                         t_rollout=10.0, t_inpaint=float(i), kl=0.01 * i, clip_frac=0.1))
+        rows.append(dict(step=2 * i + 2, kl=0.03 * i, clip_frac=0.3))
+    tests = {"level@7": dict(accuracy=0.4, by_range={"in": 0.6, "out": 0.2}), "task": dict(accuracy=0.55)}
+    got = claim.run_stats(dict(rows=rows, tests=tests), 7)
+    want = dict(test=0.4, std_test=0.55, aw_before=0.2, aw_after=0.1, spent=3.0, acc_first=0.125, acc_last=0.875,
+                rollout_s=12.0, kl=0.04, clip=0.2, range_in=0.6, range_out=0.2)
+    assert got.keys() == want.keys() and all(got[k] == pytest.approx(v) for k, v in want.items()), got
