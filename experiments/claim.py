@@ -26,6 +26,8 @@ seed: the per-run test accuracies), claim-<level>.png (on-policy accuracy and al
 deterministic) and never drops a run that is already there.
 """
 import argparse
+import glob
+import hashlib
 import json
 import math
 import multiprocessing
@@ -109,12 +111,12 @@ def score(model_dir, level, test_seed, args, out_dir):
     torch.set_num_threads(1)
     m, tok = M.load(model_dir)
     n = QUICK_TEST if args.quick else None
+    policy = files_hash(glob.glob(os.path.join(model_dir, "*.safetensors")))
     out = {}
     for key, items in ((f"level@{test_seed}", data.task_level(level_name(level), "test", test_seed)[:n]),
                        ("task", data.task_splits()["test"][:n])):
         path = os.path.join(out_dir, f"eval-{key}.jsonl")
-        if os.path.exists(path):
-            os.remove(path)  # rows of an earlier run in this folder
+        drop_rows_of_another(path, policy)
         res = E.evaluate(m, tok, items, E.protocol("task"), messages=data.task_messages, batch_size=128,
                          out_path=path)
         ok = {r["id"]: float(r["correct"]) for r in map(json.loads, open(path))}
@@ -122,6 +124,28 @@ def score(model_dir, level, test_seed, args, out_dir):
         res["by_range"] = group_mean(items, ok, lambda it: "out" if "-ext-" in it["id"] else "in")
         out[key] = {k: res[k] for k in ("accuracy", "ci95", "n_problems", "by_len", "by_range")}
     return out
+
+
+def files_hash(paths):
+    """sha256 (16 hex digits) of the files' names and bytes, in sorted order."""
+    h = hashlib.sha256()
+    for path in sorted(paths):
+        h.update(os.path.basename(path).encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def drop_rows_of_another(path, tag):
+    """eval.evaluate resumes from path and its .rank*.part files; keep them only if path.tag says that the policy
+    `tag` wrote them, so a killed scoring followed by a retrain into the same folder never scores the old policy."""
+    if os.path.exists(path + ".tag") and open(path + ".tag").read() == tag:
+        return
+    for f in glob.glob(glob.escape(path)) + glob.glob(glob.escape(path) + ".rank*.part"):
+        os.remove(f)
+    with open(path + ".tag", "w") as f:
+        f.write(tag)
 
 
 def group_mean(items, ok, key):

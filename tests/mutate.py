@@ -3,14 +3,14 @@
 Each mutant is a literal one-line substitution (file, exact old text, new text) in the core code: advantages, the
 all-wrong trigger, the replacement cap ⌊λG⌋, the loss mask, the clipped surrogate, the k3 KL, the loss
 normalisation, the entropy filter max(1, ⌊τn⌋), the hint count ⌊ηN⌋ and placement, the sampler's commit order and
-per-step budget, attention, the SFT loss's 1/p weight, rewards, the lr schedule, seeds, eval's metrics and
-intervals, and experiments/claim.py's statistics (t quantiles, paired intervals). It is applied to a scratch copy of
-the repo (the tracked and untracked-but-not-ignored files, with ../shared linked beside it, where data.py looks),
-and only the tests of the mutated file's own test file run (narrowed with -k for speed; a mutant that survives the
-narrow run is run again against the whole file). A mutant is killed when a test fails. Every old text must occur
-exactly once in its file, else the script stops before running anything: the list stays honest when the code
-changes. A mutant that survives must carry a `note` saying why (e.g. an equivalent mutant); an unexplained survivor
-makes the exit status 1.
+per-step budget, attention, the SFT loss's 1/p weight, rewards, the lr schedule and horizon, seeds, eval's metrics
+and intervals, and experiments/claim.py's statistics (t quantiles, paired intervals) and stale evaluation rows. It
+is applied to a scratch copy of the repo (the tracked and untracked-but-not-ignored files, with ../shared linked
+beside it, where data.py looks), and only the tests of the mutated file's own test file run (narrowed with -k for
+speed; a mutant that survives the narrow run is run again against the whole file). A mutant is killed when a test
+fails. Every old text must occur exactly once in its file, else the script stops before running anything: the list
+stays honest when the code changes. A mutant that survives must carry a `note` saying why (e.g. an equivalent
+mutant); an unexplained survivor makes the exit status 1.
 
 Not a test module (pytest collects test_*.py only) and not run by CI: it runs each selection once unmutated (a
 baseline that must pass), then ~70 pytest processes, ~10-20 min at one thread on a busy 2-core box.
@@ -195,6 +195,11 @@ MUTANTS = [
            "half = max(1, (len(batches) + 1) // 2)", CL, CL_STATS),
     Mutant("run stats: rollout time includes inpainting", "experiments/claim.py",
            'r["t_rollout"] + r["t_inpaint"]', 'r["t_rollout"]', CL, CL_STATS),
+    Mutant("stale rows: a retrain drops the .rank*.part rows too", "experiments/claim.py",
+           'glob.glob(glob.escape(path)) + glob.glob(glob.escape(path) + ".rank*.part")',
+           "glob.glob(glob.escape(path))", CL, "another_policy"),
+    Mutant("stale rows: resumed only from the same policy", "experiments/claim.py",
+           'open(path + ".tag").read() == tag', "True", CL, "another_policy"),
 ]
 
 

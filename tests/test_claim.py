@@ -5,6 +5,7 @@ import json
 import math
 import os
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -122,3 +123,28 @@ def test_run_stats_by_hand():
     want = dict(test=0.4, std_test=0.55, aw_before=0.2, aw_after=0.1, spent=3.0, acc_first=0.125, acc_last=0.875,
                 rollout_s=12.0, kl=0.04, clip=0.2, range_in=0.6, range_out=0.2)
     assert got.keys() == want.keys() and all(got[k] == pytest.approx(v) for k, v in want.items()), got
+
+
+def test_score_never_resumes_from_rows_of_another_policy(tmp_path):
+    """A killed scoring leaves .rank*.part rows that eval.evaluate resumes from: the same policy resumes from them,
+    a policy retrained into the same folder must not (the fake rows here all claim a right answer)."""
+    import data
+    ck, out, args = save_tiny_task_model(tmp_path / "ck"), tmp_path / "run", SimpleNamespace(quick=True)
+    out.mkdir()
+    sets = {"level@100": data.task_level("task-ext0", "test", 100), "task": data.task_splits()["test"]}
+
+    def killed_scoring():  # what a scoring killed mid-way leaves: part rows, no finished file
+        for key, items in sets.items():
+            os.remove(out / f"eval-{key}.jsonl")
+            with open(out / f"eval-{key}.jsonl.rank0.part", "w") as f:
+                f.writelines(json.dumps(dict(id=it["id"], sample=0, correct=True, format=1.0)) + "\n"
+                             for it in items[:claim.QUICK_TEST])
+
+    first = claim.score(ck, 0, 100, args, str(out))
+    assert first["level@100"]["accuracy"] < 1 and first["task"]["accuracy"] < 1  # a random tiny model
+    killed_scoring()  # the same policy: its own rows are resumed
+    assert all(t["accuracy"] == 1 for t in claim.score(ck, 0, 100, args, str(out)).values())
+    killed_scoring()
+    save_tiny_task_model(tmp_path / "ck", seed=1)  # a retrain into the same folder
+    again = claim.score(ck, 0, 100, args, str(out))
+    assert again["level@100"]["accuracy"] < 1 and again["task"]["accuracy"] < 1
