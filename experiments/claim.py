@@ -22,8 +22,12 @@ Writes to --out (default runs/claim: scratch; the committed results are experime
 (every run's metrics rows and test scores), claim.md (a section per level), runs.tsv (one line per run and test
 seed: the per-run test accuracies), claim-<level>.png (on-policy accuracy and all-wrong share per step) and dose.png
 (REFERENCE minus each arm against the start's all-wrong share). Plots need matplotlib (experiment-only).
---keep reuses every run of OUT/claim.json with the same level, arm, seed and igpo.py flags (seeded runs are
-deterministic) and never drops a run that is already there.
+--keep reuses every run of OUT/claim.json with the same level, arm, seed and igpo.py flags that ran the same code
+(a hash of the top-level .py files, recorded with the commit in every run; --keep_stale reuses runs of other code
+too) and never drops a run that is already there. A seeded run is bit for bit the same on one code and thread count
+(all runs use 1 thread; tests/test_claim.py checks it), not necessarily across commits. claim.json's history (each
+command as run, its commit and code hash) is written by this script only: to add runs to the committed results,
+run with --out experiments/results/claim --keep.
 """
 import argparse
 import glob
@@ -69,7 +73,7 @@ def level_name(level):
 # ------------------------------------------------------------------------------------------------ the runs
 
 def run_flags(level, arm, seed, args):
-    """igpo.py's flags for one run (the same flags mean the same run: seeded runs are deterministic)."""
+    """igpo.py's flags for one run (with the same code, the same flags mean the same run)."""
     flags = ["--model", args.model, "--data", level_name(level), "--seed", str(seed), "--out_dir",
              os.path.join(args.runs, level_name(level), f"{arm}-seed{seed}"), "--eval_limit", "0",
              "--save_every", "0", "--save_last", "model", *ARMS[arm], *args.extra]
@@ -102,7 +106,7 @@ def train(level, arm, seed, args):
     if r.returncode != 0:
         raise SystemExit(f"{level_name(level)} {arm} seed {seed} failed:\n{r.stderr[-3000:]}")
     rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
-    return dict(level=level, arm=arm, seed=seed, flags=flags, rows=rows, tests={})
+    return dict(level=level, arm=arm, seed=seed, flags=flags, rows=rows, tests={}, commit=args.commit, code=args.code)
 
 
 def score(model_dir, level, test_seed, args, out_dir):
@@ -111,7 +115,7 @@ def score(model_dir, level, test_seed, args, out_dir):
     torch.set_num_threads(1)
     m, tok = M.load(model_dir)
     n = QUICK_TEST if args.quick else None
-    policy = files_hash(glob.glob(os.path.join(model_dir, "*.safetensors")))
+    policy = files_hash(glob.glob(os.path.join(model_dir, "*.safetensors"))) + " " + args.code  # what wrote a row
     out = {}
     for key, items in ((f"level@{test_seed}", data.task_level(level_name(level), "test", test_seed)[:n]),
                        ("task", data.task_splits()["test"][:n])):
@@ -137,9 +141,33 @@ def files_hash(paths):
     return h.hexdigest()[:16]
 
 
+def code_version():
+    """(git commit, hash of the code a run runs): every .py file at the repo's top, i.e. igpo.py and the modules it
+    imports (eval.py also scores the run). The commit misses uncommitted edits; reuse goes by the hash."""
+    files = glob.glob(os.path.join(ROOT, "*.py"))
+    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()  # noqa: E731
+    commit = git("rev-parse", "--short", "HEAD") or "no git"
+    if git("status", "--porcelain", "--", *files):
+        commit += " + uncommitted changes"
+    return commit, files_hash(files)
+
+
+def reusable(record, name, args):
+    """Whether --keep may reuse a finished run (or start): only if it ran this code, or under --keep_stale. Seeded
+    runs are bit for bit the same on one code and thread count (tests/test_claim.py), not across commits: the first
+    claim's re-runs differed (grad norm up to 6e-4 relative, a test score 0.398 vs 0.400)."""
+    if record.get("code") == args.code or args.keep_stale:
+        return True
+    print(f"{name}: the code changed since it ran (commit {record.get('commit', 'not recorded')}, code "
+          f"{record.get('code', 'not recorded')}; now {args.commit}, {args.code}): running it again "
+          f"(--keep_stale reuses it)", flush=True)
+    return False
+
+
 def drop_rows_of_another(path, tag):
     """eval.evaluate resumes from path and its .rank*.part files; keep them only if path.tag says that the policy
-    `tag` wrote them, so a killed scoring followed by a retrain into the same folder never scores the old policy."""
+    and code `tag` wrote them, so a killed scoring followed by a retrain into the same folder never scores the old
+    policy."""
     if os.path.exists(path + ".tag") and open(path + ".tag").read() == tag:
         return
     for f in glob.glob(glob.escape(path)) + glob.glob(glob.escape(path) + ".rank*.part"):
@@ -166,6 +194,7 @@ def start_row(level, args):
     prompts = 16 if args.quick else args.start_prompts
     got = levels.measure(m, tok, level_name(level), prompts, 0, "off", args.extra)
     return dict(level=level, tests=tests, pass_rate=got["pass_rate"], all_wrong=got["all_wrong"] / prompts,
+                commit=args.commit, code=args.code,
                 prompts=prompts)
 
 
@@ -335,6 +364,10 @@ def plot(results, starts, out, test_seed):
     return True
 
 
+def plural(n, noun):
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def write(args, res, quiet=False):
     """claim.md, claim.json, runs.tsv and the plots from the finished runs in `res` (the tables and plots: the
     runs scored on res['test_seed']; the JSON: every run)."""
@@ -354,7 +387,8 @@ def write(args, res, quiet=False):
                         f"{t['n_problems']}\n")
     levels = sorted({r["level"] for r in res["results"]}, key=float)
     has_plot = plot(res["results"], starts, args.out, ts)
-    hist = "; ".join(f"`{h['command']}`: {h['runs']} runs, {h['wall_s'] / 60:.1f} min" for h in res["history"])
+    hist = "; ".join(f"`{h['command']}`" + (f" at {h['commit']}" if "commit" in h else "") +
+                     f": {plural(h['runs'], 'run')}, {h['wall_s'] / 60:.1f} min" for h in res["history"])
     sizes = next(iter(starts.values()))["tests"]  # every start and run is scored on the same test sets
     text = [f"# IGPO vs baselines on the embedded task, by difficulty level\n\nMade by: {hist} (2-core CPU, "
             f"{args.parallel} runs at a time, 1 thread each). Init `{res['model']}`. Test seed {ts}: level test = "
@@ -382,7 +416,7 @@ def write(args, res, quiet=False):
         f.write("\n".join(text) + "\n")
     if not quiet:
         print("\n".join(text))
-    print(f"-> {args.out}/claim.md ({len(res['results'])} runs)", flush=True)
+    print(f"-> {args.out}/claim.md ({plural(len(res['results']), 'run')})", flush=True)
 
 
 # ------------------------------------------------------------------------------------------------- main
@@ -402,9 +436,12 @@ def main():
     p.add_argument("--start_prompts", type=int, default=256, help="RL prompts for the start's all-wrong share")
     p.add_argument("--keep", action="store_true", help="reuse the runs of OUT/claim.json with the same level, arm, "
                    "seed and flags; run only the others (never drops a run)")
+    p.add_argument("--keep_stale", action="store_true", help="with --keep, also reuse runs made by other code "
+                   "(another hash of the top-level .py files): they may differ slightly from a re-run")
     p.add_argument("--report", action="store_true", help="rewrite claim.md and the plots from OUT/claim.json")
     args, extra = p.parse_known_args()
     args.extra = [a for a in extra if a != "--"]
+    args.commit, args.code = code_version()
     unknown = set(args.arms.split(",")) - set(ARMS)
     if unknown:
         p.error(f"--arms: unknown {sorted(unknown)}; known: {', '.join(ARMS)}")
@@ -423,14 +460,18 @@ def main():
         raise SystemExit(f"{path} holds runs from {old['model']}; pass another --out for --model {args.model}")
     starts = {float(k): v for k, v in old["starts"].items()}
     for lv in sorted(set(levels) | {r["level"] for r in old["results"]}, key=float):
-        if float(lv) not in starts:
+        if float(lv) not in starts or lv in levels and not reusable(starts[float(lv)], f"{level_name(lv)} start", args):
             starts[float(lv)] = start_row(lv, args)
         elif f"level@{args.test_seed}" not in starts[float(lv)]["tests"]:  # a new test seed: scores added
             out_dir = os.path.join(args.runs, level_name(lv), "start")
             starts[float(lv)]["tests"].update(score(args.model, lv, args.test_seed, args, out_dir))
     jobs = [(lv, arm, seed) for lv in levels for seed in seeds for arm in args.arms.split(",")]
-    done = {(r["level"], r["arm"], r["seed"]): r for r in old["results"]
-            if r["flags"] == run_flags(r["level"], r["arm"], r["seed"], args)}
+    done = {}  # the finished runs reused: same flags and (asked for) same code
+    for r in old["results"]:
+        key = (r["level"], r["arm"], r["seed"])
+        name = f"{level_name(r['level'])} {r['arm']} seed {r['seed']}"
+        if r["flags"] == run_flags(*key, args) and (key not in jobs or reusable(r, name, args)):
+            done[key] = r
     todo = [job for job in jobs if job not in done]
 
     keys = jobs + [k for k in done if k not in jobs]  # finished runs not asked for: scored on the test seed too
@@ -441,8 +482,8 @@ def main():
         for fut in as_completed(futures):  # the files are rewritten after every run: a stop loses nothing finished
             finished[futures[fut]] = fut.result()
             kept = [r for r in old["results"] if (r["level"], r["arm"], r["seed"]) not in finished]  # never dropped
-            history = old["history"] + [dict(command=command, wall_s=time.time() - t0,
-                                             runs=sum(k in finished for k in todo))]
+            history = old["history"] + [dict(command=command, wall_s=time.time() - t0, commit=args.commit,
+                                             code=args.code, runs=sum(k in finished for k in todo))]
             write(args, dict(history=history, model=args.model, test_seed=args.test_seed, starts=starts,
                              results=kept + [finished[k] for k in keys if k in finished]),
                   quiet=len(finished) < len(keys))

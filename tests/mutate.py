@@ -200,6 +200,13 @@ MUTANTS = [
            "glob.glob(glob.escape(path))", CL, "another_policy"),
     Mutant("stale rows: resumed only from the same policy", "experiments/claim.py",
            'open(path + ".tag").read() == tag', "True", CL, "another_policy"),
+    Mutant("--keep reuses only runs of the same code", "experiments/claim.py",
+           'record.get("code") == args.code or args.keep_stale', "True", CL, "bit_for_bit"),
+    Mutant("--keep_stale reuses runs of other code", "experiments/claim.py",
+           'record.get("code") == args.code or args.keep_stale', 'record.get("code") == args.code', CL,
+           "bit_for_bit"),
+    Mutant("the code hash covers every top-level module", "experiments/claim.py",
+           'glob.glob(os.path.join(ROOT, "*.py"))', 'glob.glob(os.path.join(ROOT, "igpo.py"))', CL, "code_hash"),
 ]
 
 

@@ -1,5 +1,6 @@
 """experiments/claim.py: levels, arms, seeds, --keep, --test_seed and --report on a tiny model (structure only,
 never who won). The arms come from claim.ARMS, plus one added by the test: the harness must not depend on a list."""
+import functools
 import importlib.util
 import json
 import math
@@ -18,6 +19,14 @@ PLOTS = importlib.util.find_spec("matplotlib") is not None  # plots are experime
 
 TINY = ["--", "--gen_length", "16", "--block_length", "8", "--diffusion_steps", "4", "--chunk", "2,3", "--reserve",
         "2", "--G", "4", "--micro_batch", "16"]
+
+
+@pytest.fixture(autouse=True)
+def splits_once(monkeypatch):
+    """data.task_splits draws ~300K problems (seconds) on every call, and claim.py scores, start rows and levels call
+    it again and again: computed once per test here (it is deterministic; tests/test_task.py tests it)."""
+    import data
+    monkeypatch.setattr(data, "task_splits", functools.lru_cache(data.task_splits))
 
 
 def run_claim(monkeypatch, tmp_path, *flags):
@@ -129,7 +138,7 @@ def test_score_never_resumes_from_rows_of_another_policy(tmp_path):
     """A killed scoring leaves .rank*.part rows that eval.evaluate resumes from: the same policy resumes from them,
     a policy retrained into the same folder must not (the fake rows here all claim a right answer)."""
     import data
-    ck, out, args = save_tiny_task_model(tmp_path / "ck"), tmp_path / "run", SimpleNamespace(quick=True)
+    ck, out, args = save_tiny_task_model(tmp_path / "ck"), tmp_path / "run", SimpleNamespace(quick=True, code="c")
     out.mkdir()
     sets = {"level@100": data.task_level("task-ext0", "test", 100), "task": data.task_splits()["test"]}
 
@@ -148,3 +157,47 @@ def test_score_never_resumes_from_rows_of_another_policy(tmp_path):
     save_tiny_task_model(tmp_path / "ck", seed=1)  # a retrain into the same folder
     again = claim.score(ck, 0, 100, args, str(out))
     assert again["level@100"]["accuracy"] < 1 and again["task"]["accuracy"] < 1
+
+
+def test_a_rerun_is_bit_for_bit_and_keep_reuses_only_runs_of_the_same_code(tmp_path, monkeypatch, capsys):
+    """Same code and thread count: a re-run gives the same metrics bit for bit (wall times aside) and the same test
+    scores. --keep re-runs a run whose recorded code hash differs from today's, unless --keep_stale."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(claim, "QUICK_TEST", 4)  # 4 test problems a set: seconds
+    save_tiny_task_model(tmp_path / "ck")
+    first = run_claim(monkeypatch, tmp_path, "--arms", claim.REFERENCE)["results"][0]
+    assert first["code"] == claim.code_version()[1] and first["commit"]
+    same = run_claim(monkeypatch, tmp_path, "--arms", claim.REFERENCE, "--keep")
+    assert same["history"][-1]["runs"] == 0 and same["results"][0] == first
+    monkeypatch.setattr(claim, "code_version", lambda: ("abc1234", "0" * 16))  # as if igpo.py had changed
+    stale = run_claim(monkeypatch, tmp_path, "--arms", claim.REFERENCE, "--keep", "--keep_stale")
+    assert stale["history"][-1]["runs"] == 0 and stale["results"][0] == first
+    capsys.readouterr()
+    again = run_claim(monkeypatch, tmp_path, "--arms", claim.REFERENCE, "--keep")
+    assert f"task-ext0 {claim.REFERENCE} seed 0: the code changed since it ran" in capsys.readouterr().out
+    assert [h["runs"] for h in again["history"]] == [1, 0, 0, 1] and again["history"][-1]["code"] == "0" * 16
+    rerun = again["results"][0]
+    assert rerun["code"] == "0" * 16 and rerun["tests"] == first["tests"]
+    untimed = lambda rows: [{k: v for k, v in r.items() if not k.startswith("t_")} for r in rows]  # noqa: E731
+    assert untimed(rerun["rows"]) == untimed(first["rows"]) and len(first["rows"]) == 2
+
+
+def test_code_hash_covers_every_module_a_run_imports(tmp_path, monkeypatch):
+    """The hash --keep compares covers igpo.py and every repo module it imports (eval.py, which scores a run, among
+    them): an edit to any of them changes it."""
+    import subprocess
+    probe = "import sys, igpo; print(*[getattr(m, '__file__', None) for m in list(sys.modules.values())])"
+    files = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    ours = sorted(os.path.relpath(f, ROOT) for f in files.split() if f.startswith(ROOT + os.sep))
+    assert {"igpo.py", "model.py", "sample.py", "inpaint.py", "reward.py", "eval.py", "launch.py"} <= set(ours)
+    for rel in ours:
+        assert os.sep not in rel, rel  # a module in a folder would escape the hash of the top-level .py files
+        (tmp_path / rel).write_bytes(open(os.path.join(ROOT, rel), "rb").read())
+    monkeypatch.setattr(claim, "ROOT", str(tmp_path))
+    before = claim.code_version()[1]
+    for rel in ours:
+        text = (tmp_path / rel).read_text()
+        (tmp_path / rel).write_text(text + "# an edit\n")
+        assert claim.code_version()[1] != before, rel
+        (tmp_path / rel).write_text(text)
+    assert claim.code_version()[1] == before
