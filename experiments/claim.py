@@ -17,11 +17,12 @@ Run:  python experiments/claim.py --level 0,0.5,1 --arms grpo,sample_matched,igp
       python experiments/claim.py --level 1 --arms igpo_full_hints,igpo_no_filter --seeds 0,1,2,3 --keep
       python experiments/claim.py --test_seed 7 --keep ...   # score the finished runs on a fresh test draw
       python experiments/claim.py --report                   # tables and plots again from OUT/claim.json
-      python experiments/claim.py --quick                    # 1 seed, 2 steps, 20 test problems: structure only
+      python experiments/claim.py --quick    # 1 seed, 2 optimizer steps on 1 rollout batch, 20 test problems
 Writes to --out (default runs/claim: scratch; the committed results are experiments/results/claim/): claim.json
 (every run's metrics rows and test scores), claim.md (a section per level), runs.tsv (one line per run and test
 seed: the per-run test accuracies), claim-<level>.png (on-policy accuracy and all-wrong share per step) and dose.png
-(REFERENCE minus each arm against the start's all-wrong share). Plots need matplotlib (experiment-only).
+(REFERENCE minus each arm against the start's all-wrong share, for arms run beside it at two or more levels). Plots
+need matplotlib (experiment-only).
 --keep reuses every run of OUT/claim.json with the same level, arm, seed and igpo.py flags that ran the same code
 (a hash of the top-level .py files, recorded with the commit in every run; --keep_stale reuses runs of other code
 too) and never drops a run that is already there. A seeded run is bit for bit the same on one code and thread count
@@ -309,12 +310,14 @@ def dose(results, starts, test_seed):
     ref, out = reference_of(arms), {}
     across = [a for a in arms if len({r["level"] for r in results if r["arm"] == a}) > 1]  # one level: no curve
     for a in (a for a in across if a != ref):
-        out[a] = {}
+        pts = {}
         for lv in sorted({r["level"] for r in results}, key=float):
             acc = {(r["arm"], r["seed"]): run_stats(r, test_seed)["test"] for r in results if r["level"] == lv}
             d = [acc[ref, s] - acc[a, s] for (arm, s) in acc if arm == ref and (a, s) in acc]
             if d:
-                out[a][lv] = (starts[lv]["all_wrong"], *paired_interval(d))
+                pts[lv] = (starts[lv]["all_wrong"], *paired_interval(d))
+        if pts:  # none where the reference never ran beside it
+            out[a] = pts
     return ref, out
 
 
@@ -336,7 +339,8 @@ def plot(results, starts, out, test_seed):
             steps = [r["step"] for r in runs[0]["rows"] if "acc" in r]
             for ax, key in zip(axes, ("acc", "all_wrong_before")):
                 ys = [[r[key] for r in run["rows"] if key in r] for run in runs]
-                ax.plot(steps, [statistics.mean(v) for v in zip(*ys)], label=f"{arm} ({len(runs)} seeds)")
+                ax.plot(steps, [statistics.mean(v) for v in zip(*ys)], marker="o", markersize=3,
+                        label=f"{arm} ({plural(len(runs), 'seed')})")  # markers: --quick has 1 point a run
         for ax, title in zip(axes, ("on-policy accuracy (T = 1.2), mean over seeds", "all-wrong share before rescue")):
             ax.set_title(f"{level_name(lv)}: {title}")
             ax.set_xlabel("optimizer step")
@@ -345,6 +349,10 @@ def plot(results, starts, out, test_seed):
         fig.savefig(os.path.join(out, f"claim-{level_name(lv)}.png"), dpi=100)
         plt.close(fig)
     ref, curves = dose(results, starts, test_seed)
+    if not curves:  # no picture (and none left from an earlier write): claim.md says why
+        if os.path.exists(os.path.join(out, "dose.png")):
+            os.remove(os.path.join(out, "dose.png"))
+        return True
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for k, (arm, by_level) in enumerate(curves.items()):
         pts = list(by_level.values())
@@ -356,8 +364,7 @@ def plot(results, starts, out, test_seed):
     ax.set_xlabel("all-wrong share of the SFT start on the level's RL prompts")
     ax.set_ylabel("level test accuracy difference (95% CI over seeds)")
     ax.set_title(f"Where {ref} matters: paired by seed, per level")
-    if curves:
-        ax.legend(fontsize=8)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "dose.png"), dpi=100)
     plt.close(fig)
@@ -391,9 +398,9 @@ def write(args, res, quiet=False):
                      f": {plural(h['runs'], 'run')}, {h['wall_s'] / 60:.1f} min" for h in res["history"])
     sizes = next(iter(starts.values()))["tests"]  # every start and run is scored on the same test sets
     text = [f"# IGPO vs baselines on the embedded task, by difficulty level\n\nMade by: {hist} (2-core CPU, "
-            f"{args.parallel} runs at a time, 1 thread each). Init `{res['model']}`. Test seed {ts}: level test = "
-            f"{sizes[f'level@{ts}']['n_problems']} problems of the level's distribution drawn with it; standard "
-            f"test = the first {sizes['task']['n_problems']} problems of the task's test split. Greedy "
+            f"{plural(args.parallel, 'run')} at a time, 1 thread each). Init `{res['model']}`. Test seed {ts}: "
+            f"level test = {sizes[f'level@{ts}']['n_problems']} problems of the level's distribution drawn with it; "
+            f"standard test = the first {sizes['task']['n_problems']} problems of the task's test split. Greedy "
             f"pass@1 after the last step; mean ± std over seeds. Rollouts / prompt-rollout: rollouts sampled "
             f"(re-sampled included) per on-policy rollout. Rollout s / batch: wall seconds of a rollout batch's "
             f"sampling (rescue included), 2 runs sharing 2 cores. KL, clip frac: means over the optimizer steps "
@@ -404,13 +411,18 @@ def write(args, res, quiet=False):
             text.append(f"\n![on-policy accuracy and all-wrong share per step](claim-{level_name(lv)}.png)\n")
     ref, curves = dose(res["results"], starts, ts)
     text.append(f"## Dose-response: {ref} minus each arm against the start's all-wrong share\n")
-    text.append("| arm | " + " | ".join(f"{level_name(lv)} (all-wrong {starts[lv]['all_wrong']:.2f})"
-                                         for lv in levels) + " |")
-    text.append("|" + "---|" * (len(levels) + 1))
+    if not curves:
+        arms = ", ".join(sorted({r["arm"] for r in res["results"]}))
+        text.append(f"Nothing to show: it needs {ref} and another arm, paired by seed, at two or more levels (here: "
+                    f"{plural(len(levels), 'level')}; arms {arms}).")
+    else:
+        text.append("| arm | " + " | ".join(f"{level_name(lv)} (all-wrong {starts[lv]['all_wrong']:.2f})"
+                                             for lv in levels) + " |")
+        text.append("|" + "---|" * (len(levels) + 1))
     for arm, by_level in curves.items():
         text.append(f"| {ref} − {arm} | " + " | ".join(
             "{1:+.3f} ({2:+.3f} to {3:+.3f})".format(*by_level[lv]) if lv in by_level else "" for lv in levels) + " |")
-    if has_plot:
+    if has_plot and curves:
         text.append("\n![dose-response](dose.png)")
     with open(os.path.join(args.out, "claim.md"), "w") as f:
         f.write("\n".join(text) + "\n")
@@ -422,7 +434,7 @@ def write(args, res, quiet=False):
 # ------------------------------------------------------------------------------------------------- main
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="checkpoints/task-sft", help="the SFT init shared by every arm")
     p.add_argument("--level", default="0", help="comma list of out-of-range shares s (data name task-ext<s>)")
     p.add_argument("--arms", default="grpo,sample_matched,igpo", help=f"comma list of {', '.join(ARMS)}")
@@ -430,7 +442,8 @@ def main():
     p.add_argument("--test_seed", type=int, default=100, help="draws each level's test set (data.task_level)")
     p.add_argument("--parallel", type=int, default=2, help="runs at once (1 thread each)")
     p.add_argument("--quick", action="store_true",
-                   help=f"1 seed, 1 rollout batch of 4 prompts, {QUICK_TEST} test problems")
+                   help=f"1 seed, 2 optimizer steps on 1 rollout batch of 4 prompts, {QUICK_TEST} test problems: "
+                   "structure only")
     p.add_argument("--out", default="runs/claim", help="claim.md/.json/.png and runs.tsv (scratch by default)")
     p.add_argument("--runs", default="runs/claim-runs", help="each run's igpo.py output and evaluation rows")
     p.add_argument("--start_prompts", type=int, default=256, help="RL prompts for the start's all-wrong share")

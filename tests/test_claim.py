@@ -180,6 +180,10 @@ def test_a_rerun_is_bit_for_bit_and_keep_reuses_only_runs_of_the_same_code(tmp_p
     assert rerun["code"] == "0" * 16 and rerun["tests"] == first["tests"]
     untimed = lambda rows: [{k: v for k, v in r.items() if not k.startswith("t_")} for r in rows]  # noqa: E731
     assert untimed(rerun["rows"]) == untimed(first["rows"]) and len(first["rows"]) == 2
+    md = open(tmp_path / "out" / "claim.md").read()  # one level, one arm: no dose-response, and it says why
+    assert "Nothing to show: it needs" in md and "| arm | task-ext0 (all-wrong" not in md
+    assert not (tmp_path / "out" / "dose.png").exists()
+    assert "1 run," in md and "1 runs" not in md
 
 
 def test_code_hash_covers_every_module_a_run_imports(tmp_path, monkeypatch):
@@ -201,3 +205,35 @@ def test_code_hash_covers_every_module_a_run_imports(tmp_path, monkeypatch):
         assert claim.code_version()[1] != before, rel
         (tmp_path / rel).write_text(text)
     assert claim.code_version()[1] == before
+
+
+@pytest.mark.skipif(not PLOTS, reason="matplotlib is experiment-only")
+def test_curves_show_runs_of_one_rollout_batch(tmp_path, monkeypatch):
+    """claim.py --quick and plot_runs.py on a run of one rollout batch: one point a curve, drawn with a marker."""
+    import matplotlib.figure
+    import plot_runs
+    figs = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: figs.append(fig))
+    row = dict(step=1, acc=0.5, all_wrong_before=0.25, all_wrong_after=0.0, reward=1.0, kl=0.0, clip_frac=0.0,
+               grad_norm=1.0)
+    claim.plot([dict(level=0, arm=claim.REFERENCE, seed=0, rows=[row])], {0.0: dict(all_wrong=0.3)}, str(tmp_path), 0)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    monkeypatch.setattr(sys, "argv", ["plot_runs.py", str(tmp_path / "run"), "--out", str(tmp_path / "c.png")])
+    plot_runs.main()
+    curves = [line for fig in figs for ax in fig.axes for line in ax.lines]
+    assert len(curves) == 2 + 7 and all(line.get_marker() not in (None, "None", "") for line in curves)
+
+
+@pytest.mark.parametrize("script,sentence", [
+    ("claim", "does IGPO beat GRPO and the sample-matched baseline, and does its gain grow with the share of "
+              "all-wrong groups?"),
+    ("plot_runs", "clip fraction and grad norm against the optimizer step, one line per run (or per group of runs: "
+                  "the mean).")])
+def test_help_shows_the_whole_description(script, sentence, monkeypatch, capsys):
+    import plot_runs
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", "--help"])
+    with pytest.raises(SystemExit) as e:
+        {"claim": claim, "plot_runs": plot_runs}[script].main()
+    assert e.value.code == 0
+    assert sentence in " ".join(capsys.readouterr().out.split())
