@@ -275,7 +275,7 @@ def main():
     if args.list:
         for i in chosen:
             m = MUTANTS[i - 1]
-            print(f"{i:3d} {m.file:10s} {m.area}: {m.old!r} -> {m.new!r}")
+            print(f"{i:3d} {m.file:20s} {m.area}: {m.old!r} -> {m.new!r}")
         return 0
     top = scratch_copy()
     repo = top / "repo"
