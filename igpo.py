@@ -253,7 +253,7 @@ def inpaint_groups(policy, tok, groups, prompt_ids, prompt_attn, cfg, batch_idx,
     n = len(groups) * G
     n_max = launch.all_max(n, prompt_ids.device)  # every rank samples n_max rows: the rest are discarded padding
     if n_max == 0:
-        no = torch.zeros(0, L, dtype=torch.long)
+        no = torch.zeros(0, L, dtype=torch.long, device=prompt_ids.device)  # make_batch writes it into b.comp
         return no, no, torch.zeros(0), torch.zeros(0), no.bool()
     rows = torch.cat([torch.arange(gi * G, gi * G + G) for gi, _ in groups] + [torch.zeros(n_max - n).long()])
     hints = torch.cat(hints + [torch.full((n_max - n, L), mask_id)]).to(prompt_ids.device)
@@ -383,7 +383,7 @@ def update(policy, b, j, cfg, world):
     n_total = launch.all_sum(keep.sum().float()).clamp(min=1)  # kept tokens of the global batch
     if cfg.loss_norm == "group":  # O: per row, its group's kept tokens x the number of groups of the global batch
         per_group = keep.view(-1, cfg.G, keep.shape[1]).sum((1, 2)).float().clamp(min=1)            # (B / G,)
-        n_total = per_group.repeat_interleave(cfg.G) * launch.all_sum(torch.tensor(len(per_group) * 1.0))  # (B,)
+        n_total = per_group.repeat_interleave(cfg.G) * launch.all_sum(torch.ones_like(per_group).sum())  # (B,)
     inputs, attn = estimator_inputs(b, j, cfg, policy.config.mask_token_id)
     loss_sum = kl_sum = clipped = 0.0
     B, mb = len(b.comp), cfg.micro_batch
@@ -526,7 +526,7 @@ def train(cfg):
             stats.update(update(policy, b, step % cfg.mu, cfg, world))
             gnorm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
             gnorm = float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)
-            row = summarize(stats, times, world)
+            row = summarize(stats, times, device)
             ok = launch.step_ok(row.get("loss", 0.0), gnorm, state, cfg.max_bad_steps)
             if ok:  # a non-finite step is skipped: no update
                 opt.step()
@@ -592,12 +592,12 @@ def batch_stats(b, cfg):
                 ent_gen=(float((ent * gen).sum()), float(gen.sum())))
 
 
-def summarize(stats, times, world):
-    """One metrics row: every (sum, count) summed over ranks and divided; times are the slowest rank's."""
+def summarize(stats, times, device):
+    """One metrics row: every (sum, count) summed over ranks (on the device: NCCL) and divided; times: the slowest's."""
     keys, tk = sorted(stats), sorted(times)
-    t = torch.tensor([stats[k] for k in keys], dtype=torch.float64).view(-1, 2)
-    tt = torch.tensor([times[k] for k in tk], dtype=torch.float64)
-    if world > 1:
+    t = torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=device).view(-1, 2)
+    tt = torch.tensor([times[k] for k in tk], dtype=torch.float64, device=device)
+    if dist.is_initialized():
         dist.all_reduce(t)
         dist.all_reduce(tt, op=dist.ReduceOp.MAX)
     return {k: s / c for k, (s, c) in zip(keys, t.tolist()) if c > 0} | dict(zip(tk, tt.tolist()))
