@@ -10,7 +10,7 @@ reports DEVICE as its .device, so `device=x.device` follows x. Allowed, because 
   - host index tensors into a device tensor (x[idx] and x[idx] = v: the indices are copied over);
   - copy_, .to(), .data = and the like: the cross-device copies and metadata themselves.
 Every other op that sees a device tensor beside a host tensor with elements is a mixing, and so is an all_reduce of a
-host tensor (NCCL reduces device tensors only). Generators are not tracked. Use:
+host tensor (NCCL reduces device tensors only), and a draw from a generator made for the other side. Use:
     with DeviceCheck() as check:
         ...
     assert not check.found, "\\n".join(check.found)
@@ -59,9 +59,10 @@ class DeviceCheck(TorchFunctionMode):
             self.storages[s._cdata] = StorageWeakRef(s)
 
     def report(self, op, what):
-        where = [f"{os.path.relpath(f.filename, ROOT)}:{f.lineno}" for f in traceback.extract_stack()
+        lines = [f"{os.path.relpath(f.filename, ROOT)}:{f.lineno}" for f in traceback.extract_stack()
                  if f.filename.startswith(ROOT) and f.filename != __file__]  # the repo's lines, outermost first
-        self.found.append(f"{' > '.join(where[-2:])}: {op}: {what}")
+        where = list(dict.fromkeys(lines))[-2:]  # the caller and the line (a comprehension's frame repeats a line)
+        self.found.append(f"{' > '.join(where)}: {op}: {what}")
 
     def describe(self, t):
         return f"{'device' if self.on_device(t) else 'host'} {tuple(t.shape)}"
@@ -109,16 +110,16 @@ class DeviceCheck(TorchFunctionMode):
             return out
         if op in ("to", "cuda", "cpu"):
             return self.move(func, op, args, kwargs)
-        if kwargs.get("device") is not None:  # a factory: the device it names
-            out = func(*args, **kwargs)
-            if torch.device(kwargs["device"]) == DEVICE:
-                self.tag(out)
-            return out
-        if op not in NOT_COMPUTE:
+        factory = kwargs.get("device") is not None  # the output goes where `device` says; else where its inputs are
+        if not factory and op not in NOT_COMPUTE:
             self.check(op, args, kwargs)
         out = func(*args, **kwargs)
         inputs = tensors(args, kwargs)[:1] if op in INDEXING or in_place(op) else tensors(args, kwargs)
-        if any(self.on_device(t) for t in inputs):
+        to_device = torch.device(kwargs["device"]) == DEVICE if factory else any(map(self.on_device, inputs))
+        gen = kwargs.get("generator")
+        if isinstance(gen, torch.Generator) and getattr(gen, "on_device", False) != to_device:
+            self.report(op, f"a {'device' if to_device else 'host'} draw from a generator made for the other side")
+        if to_device:
             self.ran[op] += 1
             self.tag(out)
         return out
@@ -130,8 +131,17 @@ class DeviceCheck(TorchFunctionMode):
 
     def __enter__(self):
         self.real_all_reduce, dist.all_reduce = dist.all_reduce, self.all_reduce
+        self.real_generator, torch.Generator = torch.Generator, Generator
         return super().__enter__()
 
     def __exit__(self, *exc):
-        dist.all_reduce = self.real_all_reduce
+        dist.all_reduce, torch.Generator = self.real_all_reduce, self.real_generator
         return super().__exit__(*exc)
+
+
+class Generator(torch.Generator):
+    """torch.Generator that remembers whether it was made for DEVICE (CUDA draws need a CUDA generator, and back)."""
+    def __new__(cls, device="cpu"):
+        g = super().__new__(cls, device)
+        g.on_device = torch.device(device) == DEVICE
+        return g

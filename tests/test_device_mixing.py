@@ -36,19 +36,21 @@ def test_the_check_flags_what_cuda_refuses_and_passes_what_it_allows(check):
     with check:
         comp = torch.zeros(4, 3, dtype=torch.long, device=DEVICE)
         rows = torch.tensor([0, 2])
-        comp[rows] = torch.ones(2, 3, dtype=torch.long).to(DEVICE)  # host indices, device values: fine
-        comp[rows] = comp[rows] + torch.tensor(1)                      # a 0-dim host tensor is a number: fine
-        host = comp.cpu() + torch.ones(4, 3, dtype=torch.long)        # all on the host: fine
-        assert check.found == []
+        comp[rows] = torch.ones(2, 3, dtype=torch.long).to(DEVICE)  # host indices, device values
+        comp[rows] = comp[rows] + torch.tensor(1)  # a 0-dim host tensor is a number
+        host = comp.cpu() + torch.ones(4, 3, dtype=torch.long)  # all on the host
+        torch.rand(3, generator=torch.Generator(comp.device).manual_seed(0), device=comp.device)
+        assert check.found == []  # CUDA allows all of the above, and none of the below
         comp[torch.zeros(0, dtype=torch.long)] = torch.zeros(0, 3, dtype=torch.long)  # point 9: host values
         torch.cat([comp, host])
-        host[comp[:, 0] > 0] = 0                                     # device index into a host tensor
+        host[comp[:, 0] > 0] = 0  # a device index into a host tensor
         total = torch.tensor(0)
-        total += comp.sum()                                          # a host scalar written with a device one
-        dist.all_reduce(torch.tensor(1.0))                          # NCCL: device tensors only
+        total += comp.sum()  # a host scalar as the target of a write
+        dist.all_reduce(torch.tensor(1.0))  # NCCL: device tensors only
         dist.all_reduce(comp.sum())
+        torch.rand(3, generator=torch.Generator().manual_seed(0), device=DEVICE)  # a host generator
     assert [f.split(": ")[1] for f in check.found] == ["__setitem__", "cat", "__setitem__", "add_",
-                                                      "dist.all_reduce"], check.found
+                                                      "dist.all_reduce", "rand"], check.found
     assert check.found[0].startswith("tests/test_device_mixing.py:")
 
 
