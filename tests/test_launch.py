@@ -37,7 +37,7 @@ def test_help_shows_whole_comments_on_off_and_the_official_values(capsys):
     assert "[default 5e-07; paper 5e-07; official 5e-07]" in out  # --lr
     assert "[default 'sequence_all'; paper 'sequence_all'; official 'sequence_all']" in out
     assert "[default off; paper off; official on]" in out  # --reveal_last: P against O
-    assert "| sequence_all (O's use_gspo: mean over all gen_length positions)" in out  # a comment's last line
+    assert "| sequence_all (O's use_gspo: over all gen_length; dropped tokens get gradient)" in out  # a last line
     assert "0.2,0.6" in out  # --eta as a comma list
     for name in igpo.OFFICIAL:
         assert f"--{name} " in out
