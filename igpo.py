@@ -73,7 +73,8 @@ class Config:  # a comment starting with [lo, hi] or {a|b} is the field's domain
     eta: tuple = (0.2, 0.6)            # [0, 1] hint ratio range lo,hi: eta ~ U[lo, hi] per hinted rollout (P, O)
     chunk: tuple = (5, 10)             # [1, inf) hint chunk sizes lo,hi in tokens, inclusive (O)
     lam: float = 0.5                   # [0, 1] replace at most floor(lam * G) wrong rollouts per group (O: 4 of 8)
-    tau: float = 0.2                   # (0, 1] keep the top-tau fraction of hint tokens by entropy (P, O)
+    tau: float = 0.2                   # (0, 1] per row, keep the top max(1, ⌊τn⌋) of its n hint tokens by entropy
+                                       # (P, O): at least 1: --tau 1e-9 leaves 1 hint token per hinted row in the loss
     stretch: bool = False              # on: O's stretched hint placement; off: P's placement at the trace index
     rechunk: bool = True               # on: each hinted rollout chunks the trace anew (O); off: once per group
     reserve: int = 30                  # [0, inf) last positions of the window never hinted (O)
@@ -82,8 +83,8 @@ class Config:  # a comment starting with [lo, hi] or {a|b} is the field's domain
     mu: int = 4                        # [1, inf) inner updates per rollout batch (O: num_iterations)
     eps: float = 0.2                   # (0, 1) clip range of the ratio (P, O)
     beta: float = 0.01                 # [0, inf) k3 KL weight to the reference policy; 0 = no reference (O: 0.01)
-    ratio: str = "sequence_all"        # {token|sequence|sequence_all} importance ratio: token | sequence (GSPO over
-                                       # kept tokens) | sequence_all (O's use_gspo: mean over all gen_length positions)
+    ratio: str = "sequence_all"        # {token|sequence|sequence_all} token | sequence (GSPO: mean over kept tokens) |
+                                       # sequence_all (O's use_gspo: over all gen_length; dropped tokens get gradient)
     loss_norm: str = "group"           # {token|group} mean over the kept tokens: of the batch | of each group (O)
     logp: str = "d1"                   # {d1|trajectory} log-prob estimator (d1: P, O; see the docstring)
     logp_group: int = 1                # [1, inf) trajectory: sampler steps scored per forward (a block's = block TF)
@@ -126,14 +127,13 @@ PRESETS = {  # python igpo.py: the embedded task on a CPU (lr chosen on val: exp
                  eval_limit=500, ratio="token", loss_norm="token", lr_epochs=0, lora_rank=0, seed=0),
     "paper": dict(),
 }
-# The official run's value of every flag it sets (facebookresearch/igpo run_igpo.sh + train.yaml; --help shows them)
-OFFICIAL = dict(data="metamath", prompts_per_step=64, G=8, micro_batch=8, max_prompt=600, gen_length=256,
-                block_length=32, diffusion_steps=128, temperature=1.2, eta=(0.2, 0.6), chunk=(5, 10), lam=0.5,
-                tau=0.2, stretch=True, rechunk=True, reserve=30, reveal_last=True, mu=4, eps=0.2, beta=0.01,
-                ratio="sequence_all", loss_norm="group", logp="d1", p_mask_prompt=0.0, post_eos=True, lr=5e-7,
-                lr_epochs=10.0, betas=(0.9, 0.99), weight_decay=0.1, grad_clip=0.2, warmup=50, correct_weight=3.0,
-                format_weight=1.0, reward_rule="official", lora_rank=128, lora_alpha=64.0, lora_dropout=0.05,
-                bf16=True, seed=3, save_every=96)
+OFFICIAL = dict(  # the official run's flags (facebookresearch/igpo run_igpo.sh + train.yaml); --help shows them
+    data="metamath", prompts_per_step=64, G=8, micro_batch=8, max_prompt=600, gen_length=256, block_length=32,
+    diffusion_steps=128, temperature=1.2, eta=(0.2, 0.6), chunk=(5, 10), lam=0.5, tau=0.2, stretch=True, rechunk=True,
+    reserve=30, reveal_last=True, mu=4, eps=0.2, beta=0.01, ratio="sequence_all", loss_norm="group", logp="d1",
+    p_mask_prompt=0.0, post_eos=True, lr=5e-7, lr_epochs=10.0, betas=(0.9, 0.99), weight_decay=0.1, grad_clip=0.2,
+    warmup=50, correct_weight=3.0, format_weight=1.0, reward_rule="official", lora_rank=128, lora_alpha=64.0,
+    lora_dropout=0.05, bf16=True, seed=3, save_every=96)
 
 
 @dataclass
@@ -253,7 +253,7 @@ def inpaint_groups(policy, tok, groups, prompt_ids, prompt_attn, cfg, batch_idx,
     n = len(groups) * G
     n_max = launch.all_max(n, prompt_ids.device)  # every rank samples n_max rows: the rest are discarded padding
     if n_max == 0:
-        no = torch.zeros(0, L, dtype=torch.long)
+        no = torch.zeros(0, L, dtype=torch.long, device=prompt_ids.device)  # make_batch writes it into b.comp
         return no, no, torch.zeros(0), torch.zeros(0), no.bool()
     rows = torch.cat([torch.arange(gi * G, gi * G + G) for gi, _ in groups] + [torch.zeros(n_max - n).long()])
     hints = torch.cat(hints + [torch.full((n_max - n, L), mask_id)]).to(prompt_ids.device)
@@ -383,7 +383,7 @@ def update(policy, b, j, cfg, world):
     n_total = launch.all_sum(keep.sum().float()).clamp(min=1)  # kept tokens of the global batch
     if cfg.loss_norm == "group":  # O: per row, its group's kept tokens x the number of groups of the global batch
         per_group = keep.view(-1, cfg.G, keep.shape[1]).sum((1, 2)).float().clamp(min=1)            # (B / G,)
-        n_total = per_group.repeat_interleave(cfg.G) * launch.all_sum(torch.tensor(len(per_group) * 1.0))  # (B,)
+        n_total = per_group.repeat_interleave(cfg.G) * launch.all_sum(torch.ones_like(per_group).sum())  # (B,)
     inputs, attn = estimator_inputs(b, j, cfg, policy.config.mask_token_id)
     loss_sum = kl_sum = clipped = 0.0
     B, mb = len(b.comp), cfg.micro_batch
@@ -526,7 +526,7 @@ def train(cfg):
             stats.update(update(policy, b, step % cfg.mu, cfg, world))
             gnorm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
             gnorm = float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)
-            row = summarize(stats, times, world)
+            row = summarize(stats, times, device)
             ok = launch.step_ok(row.get("loss", 0.0), gnorm, state, cfg.max_bad_steps)
             if ok:  # a non-finite step is skipped: no update
                 opt.step()
@@ -598,12 +598,12 @@ def batch_stats(b, cfg, tok, items):
                 ent_gen=(float((ent * gen).sum()), float(gen.sum())), **sound)
 
 
-def summarize(stats, times, world):
-    """One metrics row: every (sum, count) summed over ranks and divided; times are the slowest rank's."""
+def summarize(stats, times, device):
+    """One metrics row: every (sum, count) summed over ranks (on the device: NCCL) and divided; times: the slowest's."""
     keys, tk = sorted(stats), sorted(times)
-    t = torch.tensor([stats[k] for k in keys], dtype=torch.float64).view(-1, 2)
-    tt = torch.tensor([times[k] for k in tk], dtype=torch.float64)
-    if world > 1:
+    t = torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=device).view(-1, 2)
+    tt = torch.tensor([times[k] for k in tk], dtype=torch.float64, device=device)
+    if dist.is_initialized():
         dist.all_reduce(t)
         dist.all_reduce(tt, op=dist.ReduceOp.MAX)
     return {k: s / c for k, (s, c) in zip(keys, t.tolist()) if c > 0} | dict(zip(tk, tt.tolist()))

@@ -220,9 +220,9 @@ def train(cfg):
         mine = list(range(rank * per_rank, (rank + 1) * per_rank))  # positions in the global batch
         micro = [collate([pairs[idx[j]] for j in mine[k:k + cfg.micro_batch]], mine[k:k + cfg.micro_batch], step,
                          cfg, tok.eos_token_id) for k in range(0, per_rank, cfg.micro_batch)]
-        denom = torch.tensor(float(cfg.global_batch))
+        denom = torch.tensor(float(cfg.global_batch), device=device)  # on the device: NCCL reduces nothing else
         if cfg.loss_norm == "batch":  # response tokens (EOS padding included) of the whole global batch
-            denom = launch.all_sum(sum((ids.shape[1] - plen).sum() for ids, _, plen, _, _ in micro).float())
+            denom = launch.all_sum(sum((ids.shape[1] - plen).sum() for ids, _, plen, *_ in micro).float().to(device))
         lr = launch.lr_at(step, total, cfg.lr, cfg.warmup, cfg.min_lr_ratio, decay="cosine")  # LLaDA's SFT schedule
         for g in opt.param_groups:
             g["lr"] = lr
@@ -234,7 +234,7 @@ def train(cfg):
             with amp:
                 loss = sft_loss(model, ids.to(device), plen.to(device), attention_mask=attn.to(device), t=t.to(device),
                                 mask=mask.to(device), mask_id=model.config.mask_token_id, eps=cfg.eps,
-                                norm=cfg.loss_norm, denom=denom.to(device))
+                                norm=cfg.loss_norm, denom=denom)
             (loss * world).backward()  # FSDP averages gradients over ranks; the loss is already a global mean
             loss_sum += loss.detach()
         launch.all_sum(loss_sum)

@@ -17,15 +17,22 @@ Run:  python experiments/claim.py --level 0,0.5,1 --arms grpo,sample_matched,igp
       python experiments/claim.py --level 1 --arms igpo_full_hints,igpo_no_filter --seeds 0,1,2,3 --keep
       python experiments/claim.py --test_seed 7 --keep ...   # score the finished runs on a fresh test draw
       python experiments/claim.py --report                   # tables and plots again from OUT/claim.json
-      python experiments/claim.py --quick                    # 1 seed, 2 steps, 20 test problems: structure only
+      python experiments/claim.py --quick    # 1 seed, 2 optimizer steps on 1 rollout batch, 20 test problems
 Writes to --out (default runs/claim: scratch; the committed results are experiments/results/claim/): claim.json
 (every run's metrics rows and test scores), claim.md (a section per level), runs.tsv (one line per run and test
 seed: the per-run test accuracies), claim-<level>.png (on-policy accuracy and all-wrong share per step) and dose.png
-(REFERENCE minus each arm against the start's all-wrong share). Plots need matplotlib (experiment-only).
---keep reuses every run of OUT/claim.json with the same level, arm, seed and igpo.py flags (seeded runs are
-deterministic) and never drops a run that is already there.
+(REFERENCE minus each arm against the start's all-wrong share, for arms run beside it at two or more levels). Plots
+need matplotlib (experiment-only).
+--keep reuses every run of OUT/claim.json with the same level, arm, seed and igpo.py flags that ran the same code
+(a hash of the top-level .py files, recorded with the commit in every run; --keep_stale reuses runs of other code
+too) and never drops a run that is already there. A seeded run is bit for bit the same on one code and thread count
+(all runs use 1 thread; tests/test_claim.py checks it), not necessarily across commits. claim.json's history (each
+command as run, its commit and code hash) is written by this script only: to add runs to the committed results,
+run with --out experiments/results/claim --keep.
 """
 import argparse
+import glob
+import hashlib
 import json
 import math
 import multiprocessing
@@ -58,8 +65,6 @@ ARMS = {  # name -> igpo.py flags on top of the task preset; adding an arm is on
 QUICK_TEST = 20  # --quick scores the first QUICK_TEST problems of each test set
 RANGE_NAMES = {"in": "level test: values 0..5", "out": "level test: values beyond 5"}
 REFERENCE = "igpo"  # paired differences: REFERENCE minus every other arm (the first arm if REFERENCE is absent)
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-# two-sided 95% quantiles of Student's t by degrees of freedom (the normal's 1.96 beyond 10)
 
 
 def level_name(level):
@@ -69,7 +74,7 @@ def level_name(level):
 # ------------------------------------------------------------------------------------------------ the runs
 
 def run_flags(level, arm, seed, args):
-    """igpo.py's flags for one run (the same flags mean the same run: seeded runs are deterministic)."""
+    """igpo.py's flags for one run (with the same code, the same flags mean the same run)."""
     flags = ["--model", args.model, "--data", level_name(level), "--seed", str(seed), "--out_dir",
              os.path.join(args.runs, level_name(level), f"{arm}-seed{seed}"), "--eval_limit", "0",
              "--save_every", "0", "--save_last", "model", *ARMS[arm], *args.extra]
@@ -102,7 +107,7 @@ def train(level, arm, seed, args):
     if r.returncode != 0:
         raise SystemExit(f"{level_name(level)} {arm} seed {seed} failed:\n{r.stderr[-3000:]}")
     rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
-    return dict(level=level, arm=arm, seed=seed, flags=flags, rows=rows, tests={})
+    return dict(level=level, arm=arm, seed=seed, flags=flags, rows=rows, tests={}, commit=args.commit, code=args.code)
 
 
 def score(model_dir, level, test_seed, args, out_dir):
@@ -111,12 +116,12 @@ def score(model_dir, level, test_seed, args, out_dir):
     torch.set_num_threads(1)
     m, tok = M.load(model_dir)
     n = QUICK_TEST if args.quick else None
+    policy = files_hash(glob.glob(os.path.join(model_dir, "*.safetensors"))) + " " + args.code  # what wrote a row
     out = {}
     for key, items in ((f"level@{test_seed}", data.task_level(level_name(level), "test", test_seed)[:n]),
                        ("task", data.task_splits()["test"][:n])):
         path = os.path.join(out_dir, f"eval-{key}.jsonl")
-        if os.path.exists(path):
-            os.remove(path)  # rows of an earlier run in this folder
+        drop_rows_of_another(path, policy)
         res = E.evaluate(m, tok, items, E.protocol("task"), messages=data.task_messages, batch_size=128,
                          out_path=path)
         ok = {r["id"]: float(r["correct"]) for r in map(json.loads, open(path))}
@@ -124,6 +129,52 @@ def score(model_dir, level, test_seed, args, out_dir):
         res["by_range"] = group_mean(items, ok, lambda it: "out" if "-ext-" in it["id"] else "in")
         out[key] = {k: res[k] for k in ("accuracy", "ci95", "n_problems", "by_len", "by_range")}
     return out
+
+
+def files_hash(paths):
+    """sha256 (16 hex digits) of the files' names and bytes, in sorted order."""
+    h = hashlib.sha256()
+    for path in sorted(paths):
+        h.update(os.path.basename(path).encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def code_version():
+    """(git commit, hash of the code a run runs): every .py file at the repo's top, i.e. igpo.py and the modules it
+    imports (eval.py also scores the run). The commit misses uncommitted edits; reuse goes by the hash."""
+    files = glob.glob(os.path.join(ROOT, "*.py"))
+    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()  # noqa: E731
+    commit = git("rev-parse", "--short", "HEAD") or "no git"
+    if git("status", "--porcelain", "--", *files):
+        commit += " + uncommitted changes"
+    return commit, files_hash(files)
+
+
+def reusable(record, name, args):
+    """Whether --keep may reuse a finished run (or start): only if it ran this code, or under --keep_stale. Seeded
+    runs are bit for bit the same on one code and thread count (tests/test_claim.py), not across commits: the first
+    claim's re-runs differed (grad norm up to 6e-4 relative, a test score 0.398 vs 0.400)."""
+    if record.get("code") == args.code or args.keep_stale:
+        return True
+    print(f"{name}: the code changed since it ran (commit {record.get('commit', 'not recorded')}, code "
+          f"{record.get('code', 'not recorded')}; now {args.commit}, {args.code}): running it again "
+          f"(--keep_stale reuses it)", flush=True)
+    return False
+
+
+def drop_rows_of_another(path, tag):
+    """eval.evaluate resumes from path and its .rank*.part files; keep them only if path.tag says that the policy
+    and code `tag` wrote them, so a killed scoring followed by a retrain into the same folder never scores the old
+    policy."""
+    if os.path.exists(path + ".tag") and open(path + ".tag").read() == tag:
+        return
+    for f in glob.glob(glob.escape(path)) + glob.glob(glob.escape(path) + ".rank*.part"):
+        os.remove(f)
+    with open(path + ".tag", "w") as f:
+        f.write(tag)
 
 
 def group_mean(items, ok, key):
@@ -144,6 +195,7 @@ def start_row(level, args):
     prompts = 16 if args.quick else args.start_prompts
     got = levels.measure(m, tok, level_name(level), prompts, 0, "off", args.extra)
     return dict(level=level, tests=tests, pass_rate=got["pass_rate"], all_wrong=got["all_wrong"] / prompts,
+                commit=args.commit, code=args.code,
                 prompts=prompts)
 
 
@@ -167,6 +219,33 @@ def run_stats(run, test_seed):
     return out
 
 
+def t_inside(t, df):
+    """P(|T| < t) for Student's t with an integer number df of degrees of freedom: the finite series of
+    Abramowitz & Stegun 26.7.3 (df odd) and 26.7.4 (df even) in theta = atan(t / sqrt(df)); exact, no scipy."""
+    th = math.atan(t / math.sqrt(df))
+    c2 = math.cos(th) ** 2
+    if df % 2 == 0:  # sin(th) (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ... up to cos^(df-2))
+        term = total = 1.0
+        for k in range(2, df, 2):
+            term *= (k - 1) / k * c2
+            total += term
+        return math.sin(th) * total
+    term, total = math.cos(th), 0.0  # 2/pi (th + sin(th) (cos + 2/3 cos^3 + ... up to cos^(df-2)))
+    for k in range(3, df + 1, 2):
+        total += term
+        term *= (k - 1) / k * c2
+    return 2 / math.pi * (th + math.sin(th) * total)
+
+
+def t975(df):
+    """The two-sided 95% quantile of Student's t (12.706 at df 1, 2.201 at 11, 1.984 at 100): bisection on t_inside."""
+    lo, hi = 0.0, 1000.0
+    for _ in range(60):  # 1000 / 2^60: far below the 3 decimals printed
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if t_inside(mid, df) < 0.95 else (lo, mid)
+    return (lo + hi) / 2
+
+
 def mean_std(xs):
     return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.3f}"
 
@@ -175,7 +254,7 @@ def paired_interval(d):
     """(mean, lo, hi) of paired differences d: Student-t 95% interval of the mean over seeds."""
     if len(d) < 2:
         return statistics.mean(d), float("nan"), float("nan")
-    half = T975.get(len(d) - 1, 1.96) * statistics.stdev(d) / math.sqrt(len(d))
+    half = t975(len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d))
     return statistics.mean(d), statistics.mean(d) - half, statistics.mean(d) + half
 
 
@@ -231,12 +310,14 @@ def dose(results, starts, test_seed):
     ref, out = reference_of(arms), {}
     across = [a for a in arms if len({r["level"] for r in results if r["arm"] == a}) > 1]  # one level: no curve
     for a in (a for a in across if a != ref):
-        out[a] = {}
+        pts = {}
         for lv in sorted({r["level"] for r in results}, key=float):
             acc = {(r["arm"], r["seed"]): run_stats(r, test_seed)["test"] for r in results if r["level"] == lv}
             d = [acc[ref, s] - acc[a, s] for (arm, s) in acc if arm == ref and (a, s) in acc]
             if d:
-                out[a][lv] = (starts[lv]["all_wrong"], *paired_interval(d))
+                pts[lv] = (starts[lv]["all_wrong"], *paired_interval(d))
+        if pts:  # none where the reference never ran beside it
+            out[a] = pts
     return ref, out
 
 
@@ -258,7 +339,8 @@ def plot(results, starts, out, test_seed):
             steps = [r["step"] for r in runs[0]["rows"] if "acc" in r]
             for ax, key in zip(axes, ("acc", "all_wrong_before")):
                 ys = [[r[key] for r in run["rows"] if key in r] for run in runs]
-                ax.plot(steps, [statistics.mean(v) for v in zip(*ys)], label=f"{arm} ({len(runs)} seeds)")
+                ax.plot(steps, [statistics.mean(v) for v in zip(*ys)], marker="o", markersize=3,
+                        label=f"{arm} ({plural(len(runs), 'seed')})")  # markers: --quick has 1 point a run
         for ax, title in zip(axes, ("on-policy accuracy (T = 1.2), mean over seeds", "all-wrong share before rescue")):
             ax.set_title(f"{level_name(lv)}: {title}")
             ax.set_xlabel("optimizer step")
@@ -267,6 +349,10 @@ def plot(results, starts, out, test_seed):
         fig.savefig(os.path.join(out, f"claim-{level_name(lv)}.png"), dpi=100)
         plt.close(fig)
     ref, curves = dose(results, starts, test_seed)
+    if not curves:  # no picture (and none left from an earlier write): claim.md says why
+        if os.path.exists(os.path.join(out, "dose.png")):
+            os.remove(os.path.join(out, "dose.png"))
+        return True
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for k, (arm, by_level) in enumerate(curves.items()):
         pts = list(by_level.values())
@@ -278,12 +364,15 @@ def plot(results, starts, out, test_seed):
     ax.set_xlabel("all-wrong share of the SFT start on the level's RL prompts")
     ax.set_ylabel("level test accuracy difference (95% CI over seeds)")
     ax.set_title(f"Where {ref} matters: paired by seed, per level")
-    if curves:
-        ax.legend(fontsize=8)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "dose.png"), dpi=100)
     plt.close(fig)
     return True
+
+
+def plural(n, noun):
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def write(args, res, quiet=False):
@@ -305,12 +394,13 @@ def write(args, res, quiet=False):
                         f"{t['n_problems']}\n")
     levels = sorted({r["level"] for r in res["results"]}, key=float)
     has_plot = plot(res["results"], starts, args.out, ts)
-    hist = "; ".join(f"`{h['command']}`: {h['runs']} runs, {h['wall_s'] / 60:.1f} min" for h in res["history"])
+    hist = "; ".join(f"`{h['command']}`" + (f" at {h['commit']}" if "commit" in h else "") +
+                     f": {plural(h['runs'], 'run')}, {h['wall_s'] / 60:.1f} min" for h in res["history"])
     sizes = next(iter(starts.values()))["tests"]  # every start and run is scored on the same test sets
     text = [f"# IGPO vs baselines on the embedded task, by difficulty level\n\nMade by: {hist} (2-core CPU, "
-            f"{args.parallel} runs at a time, 1 thread each). Init `{res['model']}`. Test seed {ts}: level test = "
-            f"{sizes[f'level@{ts}']['n_problems']} problems of the level's distribution drawn with it; standard "
-            f"test = the first {sizes['task']['n_problems']} problems of the task's test split. Greedy "
+            f"{plural(args.parallel, 'run')} at a time, 1 thread each). Init `{res['model']}`. Test seed {ts}: "
+            f"level test = {sizes[f'level@{ts}']['n_problems']} problems of the level's distribution drawn with it; "
+            f"standard test = the first {sizes['task']['n_problems']} problems of the task's test split. Greedy "
             f"pass@1 after the last step; mean ± std over seeds. Rollouts / prompt-rollout: rollouts sampled "
             f"(re-sampled included) per on-policy rollout. Rollout s / batch: wall seconds of a rollout batch's "
             f"sampling (rescue included), 2 runs sharing 2 cores. KL, clip frac: means over the optimizer steps "
@@ -321,25 +411,30 @@ def write(args, res, quiet=False):
             text.append(f"\n![on-policy accuracy and all-wrong share per step](claim-{level_name(lv)}.png)\n")
     ref, curves = dose(res["results"], starts, ts)
     text.append(f"## Dose-response: {ref} minus each arm against the start's all-wrong share\n")
-    text.append("| arm | " + " | ".join(f"{level_name(lv)} (all-wrong {starts[lv]['all_wrong']:.2f})"
-                                         for lv in levels) + " |")
-    text.append("|" + "---|" * (len(levels) + 1))
+    if not curves:
+        arms = ", ".join(sorted({r["arm"] for r in res["results"]}))
+        text.append(f"Nothing to show: it needs {ref} and another arm, paired by seed, at two or more levels (here: "
+                    f"{plural(len(levels), 'level')}; arms {arms}).")
+    else:
+        text.append("| arm | " + " | ".join(f"{level_name(lv)} (all-wrong {starts[lv]['all_wrong']:.2f})"
+                                             for lv in levels) + " |")
+        text.append("|" + "---|" * (len(levels) + 1))
     for arm, by_level in curves.items():
         text.append(f"| {ref} − {arm} | " + " | ".join(
             "{1:+.3f} ({2:+.3f} to {3:+.3f})".format(*by_level[lv]) if lv in by_level else "" for lv in levels) + " |")
-    if has_plot:
+    if has_plot and curves:
         text.append("\n![dose-response](dose.png)")
     with open(os.path.join(args.out, "claim.md"), "w") as f:
         f.write("\n".join(text) + "\n")
     if not quiet:
         print("\n".join(text))
-    print(f"-> {args.out}/claim.md ({len(res['results'])} runs)", flush=True)
+    print(f"-> {args.out}/claim.md ({plural(len(res['results']), 'run')})", flush=True)
 
 
 # ------------------------------------------------------------------------------------------------- main
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="checkpoints/task-sft", help="the SFT init shared by every arm")
     p.add_argument("--level", default="0", help="comma list of out-of-range shares s (data name task-ext<s>)")
     p.add_argument("--arms", default="grpo,sample_matched,igpo", help=f"comma list of {', '.join(ARMS)}")
@@ -347,15 +442,19 @@ def main():
     p.add_argument("--test_seed", type=int, default=100, help="draws each level's test set (data.task_level)")
     p.add_argument("--parallel", type=int, default=2, help="runs at once (1 thread each)")
     p.add_argument("--quick", action="store_true",
-                   help=f"1 seed, 1 rollout batch of 4 prompts, {QUICK_TEST} test problems")
+                   help=f"1 seed, 2 optimizer steps on 1 rollout batch of 4 prompts, {QUICK_TEST} test problems: "
+                   "structure only")
     p.add_argument("--out", default="runs/claim", help="claim.md/.json/.png and runs.tsv (scratch by default)")
     p.add_argument("--runs", default="runs/claim-runs", help="each run's igpo.py output and evaluation rows")
     p.add_argument("--start_prompts", type=int, default=256, help="RL prompts for the start's all-wrong share")
     p.add_argument("--keep", action="store_true", help="reuse the runs of OUT/claim.json with the same level, arm, "
                    "seed and flags; run only the others (never drops a run)")
+    p.add_argument("--keep_stale", action="store_true", help="with --keep, also reuse runs made by other code "
+                   "(another hash of the top-level .py files): they may differ slightly from a re-run")
     p.add_argument("--report", action="store_true", help="rewrite claim.md and the plots from OUT/claim.json")
     args, extra = p.parse_known_args()
     args.extra = [a for a in extra if a != "--"]
+    args.commit, args.code = code_version()
     unknown = set(args.arms.split(",")) - set(ARMS)
     if unknown:
         p.error(f"--arms: unknown {sorted(unknown)}; known: {', '.join(ARMS)}")
@@ -374,14 +473,18 @@ def main():
         raise SystemExit(f"{path} holds runs from {old['model']}; pass another --out for --model {args.model}")
     starts = {float(k): v for k, v in old["starts"].items()}
     for lv in sorted(set(levels) | {r["level"] for r in old["results"]}, key=float):
-        if float(lv) not in starts:
+        if float(lv) not in starts or lv in levels and not reusable(starts[float(lv)], f"{level_name(lv)} start", args):
             starts[float(lv)] = start_row(lv, args)
         elif f"level@{args.test_seed}" not in starts[float(lv)]["tests"]:  # a new test seed: scores added
             out_dir = os.path.join(args.runs, level_name(lv), "start")
             starts[float(lv)]["tests"].update(score(args.model, lv, args.test_seed, args, out_dir))
     jobs = [(lv, arm, seed) for lv in levels for seed in seeds for arm in args.arms.split(",")]
-    done = {(r["level"], r["arm"], r["seed"]): r for r in old["results"]
-            if r["flags"] == run_flags(r["level"], r["arm"], r["seed"], args)}
+    done = {}  # the finished runs reused: same flags and (asked for) same code
+    for r in old["results"]:
+        key = (r["level"], r["arm"], r["seed"])
+        name = f"{level_name(r['level'])} {r['arm']} seed {r['seed']}"
+        if r["flags"] == run_flags(*key, args) and (key not in jobs or reusable(r, name, args)):
+            done[key] = r
     todo = [job for job in jobs if job not in done]
 
     keys = jobs + [k for k in done if k not in jobs]  # finished runs not asked for: scored on the test seed too
@@ -392,8 +495,8 @@ def main():
         for fut in as_completed(futures):  # the files are rewritten after every run: a stop loses nothing finished
             finished[futures[fut]] = fut.result()
             kept = [r for r in old["results"] if (r["level"], r["arm"], r["seed"]) not in finished]  # never dropped
-            history = old["history"] + [dict(command=command, wall_s=time.time() - t0,
-                                             runs=sum(k in finished for k in todo))]
+            history = old["history"] + [dict(command=command, wall_s=time.time() - t0, commit=args.commit,
+                                             code=args.code, runs=sum(k in finished for k in todo))]
             write(args, dict(history=history, model=args.model, test_seed=args.test_seed, starts=starts,
                              results=kept + [finished[k] for k in keys if k in finished]),
                   quiet=len(finished) < len(keys))

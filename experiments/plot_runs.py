@@ -38,7 +38,7 @@ def groups(args):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run directories, globs, or NAME=GLOB")
     p.add_argument("--out", default="runs/compare.png", help="the PNG to write")
     a = p.parse_args()
@@ -53,7 +53,8 @@ def main():
             if not steps:
                 continue
             ys = [[s[t] for s in per_run] for t in steps]
-            line, = ax.plot(steps, [statistics.mean(y) for y in ys], label=f"{label} ({len(dirs)})")
+            line, = ax.plot(steps, [statistics.mean(y) for y in ys], marker="o", markersize=3,
+                            label=f"{label} ({len(dirs)})")  # markers: a run of one rollout batch is one point
             if len(dirs) > 1:
                 ax.fill_between(steps, [min(y) for y in ys], [max(y) for y in ys], color=line.get_color(), alpha=0.15)
             ax.set_title(title, fontsize=10)

@@ -3,16 +3,17 @@
 Each mutant is a literal one-line substitution (file, exact old text, new text) in the core code: advantages, the
 all-wrong trigger, the replacement cap ⌊λG⌋, the loss mask, the clipped surrogate, the k3 KL, the loss
 normalisation, the entropy filter max(1, ⌊τn⌋), the hint count ⌊ηN⌋ and placement, the sampler's commit order and
-per-step budget, attention, the SFT loss's 1/p weight, rewards, the lr schedule, seeds, eval's metrics and
-intervals. It is applied to a scratch copy of the repo (the tracked and untracked-but-not-ignored files, with
-../shared linked beside it, where data.py looks), and only the tests of the mutated file's own test file run
-(narrowed with -k for speed; a mutant that survives the narrow run is run again against the whole file). A mutant
-is killed when a test fails. Every old text must occur exactly once in its file, else the script stops before
-running anything: the list stays honest when the code changes. A mutant that survives must carry a `note` saying
-why (e.g. an equivalent mutant); an unexplained survivor makes the exit status 1.
+per-step budget, attention, the SFT loss's 1/p weight, rewards, the lr schedule and horizon, seeds, eval's metrics
+and intervals, and experiments/claim.py's statistics (t quantiles, paired intervals) and stale evaluation rows. It
+is applied to a scratch copy of the repo (the tracked and untracked-but-not-ignored files, with ../shared linked
+beside it, where data.py looks), and only the tests of the mutated file's own test file run (narrowed with -k for
+speed; a mutant that survives the narrow run is run again against the whole file). A mutant is killed when a test
+fails. Every old text must occur exactly once in its file, else the script stops before running anything: the list
+stays honest when the code changes. A mutant that survives must carry a `note` saying why (e.g. an equivalent
+mutant); an unexplained survivor makes the exit status 1.
 
 Not a test module (pytest collects test_*.py only) and not run by CI: it runs each selection once unmutated (a
-baseline that must pass), then ~60 pytest processes, ~10-20 min at one thread on a busy 2-core box.
+baseline that must pass), then ~70 pytest processes, ~10-20 min at one thread on a busy 2-core box.
 Usage:  OMP_NUM_THREADS=1 nice -n 10 python tests/mutate.py [--only 3,17] [--out tests/mutate.md] [--list]
 """
 import argparse
@@ -40,12 +41,13 @@ class Mutant:
     note: str = ""    # why a surviving mutant is acceptable (required when it survives)
 
 
-IG, INP, SMP, MOD, SFT, REW, LAU, EV = ("tests/test_igpo.py", "tests/test_inpaint.py", "tests/test_sample.py",
-                                        "tests/test_model.py", "tests/test_sft.py", "tests/test_reward.py",
-                                        "tests/test_launch.py", "tests/test_eval.py")
+IG, INP, SMP, MOD, SFT, REW, LAU, EV, CL = ("tests/test_igpo.py", "tests/test_inpaint.py", "tests/test_sample.py",
+                                            "tests/test_model.py", "tests/test_sft.py", "tests/test_reward.py",
+                                            "tests/test_launch.py", "tests/test_eval.py", "tests/test_claim.py")
 NOT_SLOW_IG = "not smoke"  # the 2-process torchrun run takes a minute; a survivor still meets it in the whole file
 SFT_LOSS = "loss or prompt_never"
 EV_FAST = "not torchrun"
+CL_STATS = "quantile or by_hand"
 
 MUTANTS = [
     # ---------------------------------------------------------------------------------------------- igpo.py
@@ -89,6 +91,8 @@ MUTANTS = [
            "per_group = b.lmask.view(-1, cfg.G, keep.shape[1])", IG, NOT_SLOW_IG),
     Mutant("filter candidates: hints in the loss", "igpo.py", "inpaint.entropy_filter(b.ent[j], b.hint & b.lmask, cfg.tau)",
            "inpaint.entropy_filter(b.ent[j], b.hint, cfg.tau)", IG, NOT_SLOW_IG),
+    Mutant("lr horizon: lr_at decays over --lr_epochs' horizon, not --steps", "igpo.py",
+           "launch.lr_at(step, horizon, cfg.lr", "launch.lr_at(step, cfg.steps, cfg.lr", LAU, "horizon"),
     Mutant("rollout seeds: global row index", "igpo.py", '"rollout", batch_idx, first * G + r)',
            '"rollout", batch_idx, r)', IG, NOT_SLOW_IG),
     # ------------------------------------------------------------------------------------------- inpaint.py
@@ -172,6 +176,37 @@ MUTANTS = [
     Mutant("avg@k: mean over the k samples (issue 19 survivor 5)", "eval.py",
            'sum(r["correct"] for r in rows[j:j + k]) / k', 'float(any(r["correct"] for r in rows[j:j + k]))', EV,
            EV_FAST),
+    # ------------------------------------------------------------------------------------ experiments/claim.py
+    Mutant("t quantile: two-sided 95%, not one-sided", "experiments/claim.py", "< 0.95 else", "< 0.90 else", CL,
+           CL_STATS),
+    Mutant("t CDF, even df: terms up to cos^(df-2)", "experiments/claim.py", "for k in range(2, df, 2):",
+           "for k in range(2, df + 2, 2):", CL, CL_STATS),
+    Mutant("t CDF, odd df: terms up to cos^(df-2)", "experiments/claim.py", "for k in range(3, df + 1, 2):",
+           "for k in range(3, df, 2):", CL, CL_STATS),
+    Mutant("t CDF, odd df: 2/pi (theta + ...)", "experiments/claim.py", "2 / math.pi * (th +", "1 / math.pi * (th +",
+           CL, CL_STATS),
+    Mutant("paired interval: df = seeds - 1", "experiments/claim.py", "t975(len(d) - 1)", "t975(len(d))", CL,
+           CL_STATS),
+    Mutant("paired interval: standard error std / sqrt(n)", "experiments/claim.py",
+           "statistics.stdev(d) / math.sqrt(len(d))", "statistics.stdev(d) / math.sqrt(len(d) - 1)", CL, CL_STATS),
+    Mutant("mean ± std: sample std", "experiments/claim.py", "statistics.stdev(xs)", "statistics.pstdev(xs)", CL,
+           CL_STATS),
+    Mutant("run stats: halves of the rollout batches", "experiments/claim.py", "half = max(1, len(batches) // 2)",
+           "half = max(1, (len(batches) + 1) // 2)", CL, CL_STATS),
+    Mutant("run stats: rollout time includes inpainting", "experiments/claim.py",
+           'r["t_rollout"] + r["t_inpaint"]', 'r["t_rollout"]', CL, CL_STATS),
+    Mutant("stale rows: a retrain drops the .rank*.part rows too", "experiments/claim.py",
+           'glob.glob(glob.escape(path)) + glob.glob(glob.escape(path) + ".rank*.part")',
+           "glob.glob(glob.escape(path))", CL, "another_policy"),
+    Mutant("stale rows: resumed only from the same policy", "experiments/claim.py",
+           'open(path + ".tag").read() == tag', "True", CL, "another_policy"),
+    Mutant("--keep reuses only runs of the same code", "experiments/claim.py",
+           'record.get("code") == args.code or args.keep_stale', "True", CL, "bit_for_bit"),
+    Mutant("--keep_stale reuses runs of other code", "experiments/claim.py",
+           'record.get("code") == args.code or args.keep_stale', 'record.get("code") == args.code', CL,
+           "bit_for_bit"),
+    Mutant("the code hash covers every top-level module", "experiments/claim.py",
+           'glob.glob(os.path.join(ROOT, "*.py"))', 'glob.glob(os.path.join(ROOT, "igpo.py"))', CL, "code_hash"),
 ]
 
 
@@ -240,7 +275,7 @@ def main():
     if args.list:
         for i in chosen:
             m = MUTANTS[i - 1]
-            print(f"{i:3d} {m.file:10s} {m.area}: {m.old!r} -> {m.new!r}")
+            print(f"{i:3d} {m.file:20s} {m.area}: {m.old!r} -> {m.new!r}")
         return 0
     top = scratch_copy()
     repo = top / "repo"

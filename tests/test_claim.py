@@ -1,9 +1,12 @@
 """experiments/claim.py: levels, arms, seeds, --keep, --test_seed and --report on a tiny model (structure only,
 never who won). The arms come from claim.ARMS, plus one added by the test: the harness must not depend on a list."""
+import functools
 import importlib.util
 import json
+import math
 import os
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -16,6 +19,14 @@ PLOTS = importlib.util.find_spec("matplotlib") is not None  # plots are experime
 
 TINY = ["--", "--gen_length", "16", "--block_length", "8", "--diffusion_steps", "4", "--chunk", "2,3", "--reserve",
         "2", "--G", "4", "--micro_batch", "16"]
+
+
+@pytest.fixture(autouse=True)
+def splits_once(monkeypatch):
+    """data.task_splits draws ~300K problems (seconds) on every call, and claim.py scores, start rows and levels call
+    it again and again: computed once per test here (it is deterministic; tests/test_task.py tests it)."""
+    import data
+    monkeypatch.setattr(data, "task_splits", functools.lru_cache(data.task_splits))
 
 
 def run_claim(monkeypatch, tmp_path, *flags):
@@ -77,3 +88,152 @@ def test_levels_sound_checks_every_reasoning_line():
     assert levels.sound(q, "first: 5+2=7\nsecond: 7-3=4\nthird: 4+3=7\nfourth: 7-2=5\n</reasoning>\\boxed{5}")
     assert not levels.sound(q, "first: 0+2=7\nsecond: 4-3=4\nthird: 4+3=1\nfourth: 7-2=5\n</reasoning>\\boxed{5}")
     assert not levels.sound(q, "first: 5+2=7\nsecond: 7-3=4\nthird: 4+3=7\n</reasoning>\\boxed{7}")  # a step missing
+
+
+@pytest.mark.parametrize("df,table", [(1, 12.706), (2, 4.303), (5, 2.571), (10, 2.228), (11, 2.201), (20, 2.086),
+                                      (30, 2.042), (100, 1.984)])
+def test_t_quantile_matches_the_table(df, table):
+    assert abs(claim.t975(df) - table) < 6e-4  # the table's 3 decimals
+
+
+@pytest.mark.parametrize("df", [3, 4, 12, 37, 64])
+def test_t_quantile_by_integrating_the_density(df):
+    """An independent computation: Simpson's rule on Student's density from 0 to the quantile gives 0.475."""
+    q, n = claim.t975(df), 2000
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+    f = [c * (1 + (q * i / n) ** 2 / df) ** (-(df + 1) / 2) for i in range(n + 1)]
+    area = q / n / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
+    assert area == pytest.approx(0.475, abs=1e-7)
+
+
+def test_paired_interval_and_mean_std_by_hand():
+    # d = 0.1, 0.3: mean 0.2, std sqrt(0.02) = 0.141421, half = 12.706 * 0.141421 / sqrt(2) = 1.2706
+    m, lo, hi = claim.paired_interval([0.1, 0.3])
+    assert m == pytest.approx(0.2)
+    assert lo == pytest.approx(0.2 - 1.2706, abs=1e-4) and hi == pytest.approx(0.2 + 1.2706, abs=1e-4)
+    # 12 seeds, six 0 and six 1: mean 0.5, std sqrt(3 / 11), half = t(11) sqrt(3 / 11) / sqrt(12) = 2.201 / sqrt(44)
+    m, lo, hi = claim.paired_interval([0.0] * 6 + [1.0] * 6)
+    assert m == 0.5 and hi - m == pytest.approx(2.201 / math.sqrt(44), abs=1e-4) and m - lo == pytest.approx(hi - m)
+    m, lo, hi = claim.paired_interval([0.25])  # one seed: no interval
+    assert m == 0.25 and math.isnan(lo) and math.isnan(hi)
+    assert claim.mean_std([0.1, 0.3]) == "0.200 ± 0.141"  # sample std (n - 1)
+    assert claim.mean_std([0.5]) == "0.500 ± 0.000"
+
+
+def test_run_stats_by_hand():
+    """5 rollout batches (mu = 2: update rows between them): halves of 2 batches; rollout time includes inpainting."""
+    rows = []
+    for i, acc in enumerate([0.0, 0.25, 0.5, 0.75, 1.0]):
+        rows.append(dict(step=2 * i + 1, acc=acc, all_wrong_before=0.1 * i, all_wrong_after=0.05 * i, spent=1 + i,
+                         t_rollout=10.0, t_inpaint=float(i), kl=0.01 * i, clip_frac=0.1))
+        rows.append(dict(step=2 * i + 2, kl=0.03 * i, clip_frac=0.3))
+    tests = {"level@7": dict(accuracy=0.4, by_range={"in": 0.6, "out": 0.2}), "task": dict(accuracy=0.55)}
+    got = claim.run_stats(dict(rows=rows, tests=tests), 7)
+    want = dict(test=0.4, std_test=0.55, aw_before=0.2, aw_after=0.1, spent=3.0, acc_first=0.125, acc_last=0.875,
+                rollout_s=12.0, kl=0.04, clip=0.2, range_in=0.6, range_out=0.2)
+    assert got.keys() == want.keys() and all(got[k] == pytest.approx(v) for k, v in want.items()), got
+
+
+def test_score_never_resumes_from_rows_of_another_policy(tmp_path):
+    """A killed scoring leaves .rank*.part rows that eval.evaluate resumes from: the same policy resumes from them,
+    a policy retrained into the same folder must not (the fake rows here all claim a right answer)."""
+    import data
+    ck, out, args = save_tiny_task_model(tmp_path / "ck"), tmp_path / "run", SimpleNamespace(quick=True, code="c")
+    out.mkdir()
+    sets = {"level@100": data.task_level("task-ext0", "test", 100), "task": data.task_splits()["test"]}
+
+    def killed_scoring():  # what a scoring killed mid-way leaves: part rows, no finished file
+        for key, items in sets.items():
+            os.remove(out / f"eval-{key}.jsonl")
+            with open(out / f"eval-{key}.jsonl.rank0.part", "w") as f:
+                f.writelines(json.dumps(dict(id=it["id"], sample=0, correct=True, format=1.0)) + "\n"
+                             for it in items[:claim.QUICK_TEST])
+
+    first = claim.score(ck, 0, 100, args, str(out))
+    assert first["level@100"]["accuracy"] < 1 and first["task"]["accuracy"] < 1  # a random tiny model
+    killed_scoring()  # the same policy: its own rows are resumed
+    assert all(t["accuracy"] == 1 for t in claim.score(ck, 0, 100, args, str(out)).values())
+    killed_scoring()
+    save_tiny_task_model(tmp_path / "ck", seed=1)  # a retrain into the same folder
+    again = claim.score(ck, 0, 100, args, str(out))
+    assert again["level@100"]["accuracy"] < 1 and again["task"]["accuracy"] < 1
+
+
+def test_a_rerun_is_bit_for_bit_and_keep_reuses_only_runs_of_the_same_code(tmp_path, monkeypatch, capsys):
+    """Same code and thread count: a re-run gives the same metrics bit for bit (wall times aside) and the same test
+    scores. --keep re-runs a run whose recorded code hash differs from today's, unless --keep_stale."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(claim, "QUICK_TEST", 4)  # 4 test problems a set: seconds
+    save_tiny_task_model(tmp_path / "ck")
+    first = run_claim(monkeypatch, tmp_path, "--arms", claim.REFERENCE)["results"][0]
+    assert first["code"] == claim.code_version()[1] and first["commit"]
+    same = run_claim(monkeypatch, tmp_path, "--arms", claim.REFERENCE, "--keep")
+    assert same["history"][-1]["runs"] == 0 and same["results"][0] == first
+    monkeypatch.setattr(claim, "code_version", lambda: ("abc1234", "0" * 16))  # as if igpo.py had changed
+    stale = run_claim(monkeypatch, tmp_path, "--arms", claim.REFERENCE, "--keep", "--keep_stale")
+    assert stale["history"][-1]["runs"] == 0 and stale["results"][0] == first
+    capsys.readouterr()
+    again = run_claim(monkeypatch, tmp_path, "--arms", claim.REFERENCE, "--keep")
+    assert f"task-ext0 {claim.REFERENCE} seed 0: the code changed since it ran" in capsys.readouterr().out
+    assert [h["runs"] for h in again["history"]] == [1, 0, 0, 1] and again["history"][-1]["code"] == "0" * 16
+    rerun = again["results"][0]
+    assert rerun["code"] == "0" * 16 and rerun["tests"] == first["tests"]
+    untimed = lambda rows: [{k: v for k, v in r.items() if not k.startswith("t_")} for r in rows]  # noqa: E731
+    assert untimed(rerun["rows"]) == untimed(first["rows"]) and len(first["rows"]) == 2
+    md = open(tmp_path / "out" / "claim.md").read()  # one level, one arm: no dose-response, and it says why
+    assert "Nothing to show: it needs" in md and "| arm | task-ext0 (all-wrong" not in md
+    assert not (tmp_path / "out" / "dose.png").exists()
+    assert "1 run," in md and "1 runs" not in md
+
+
+def test_code_hash_covers_every_module_a_run_imports(tmp_path, monkeypatch):
+    """The hash --keep compares covers igpo.py and every repo module it imports (eval.py, which scores a run, among
+    them): an edit to any of them changes it."""
+    import subprocess
+    probe = "import sys, igpo; print(*[getattr(m, '__file__', None) for m in list(sys.modules.values())])"
+    files = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    ours = sorted(os.path.relpath(f, ROOT) for f in files.split() if f.startswith(ROOT + os.sep))
+    assert {"igpo.py", "model.py", "sample.py", "inpaint.py", "reward.py", "eval.py", "launch.py"} <= set(ours)
+    for rel in ours:
+        assert os.sep not in rel, rel  # a module in a folder would escape the hash of the top-level .py files
+        (tmp_path / rel).write_bytes(open(os.path.join(ROOT, rel), "rb").read())
+    monkeypatch.setattr(claim, "ROOT", str(tmp_path))
+    before = claim.code_version()[1]
+    for rel in ours:
+        text = (tmp_path / rel).read_text()
+        (tmp_path / rel).write_text(text + "# an edit\n")
+        assert claim.code_version()[1] != before, rel
+        (tmp_path / rel).write_text(text)
+    assert claim.code_version()[1] == before
+
+
+@pytest.mark.skipif(not PLOTS, reason="matplotlib is experiment-only")
+def test_curves_show_runs_of_one_rollout_batch(tmp_path, monkeypatch):
+    """claim.py --quick and plot_runs.py on a run of one rollout batch: one point a curve, drawn with a marker."""
+    import matplotlib.figure
+    import plot_runs
+    figs = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: figs.append(fig))
+    row = dict(step=1, acc=0.5, all_wrong_before=0.25, all_wrong_after=0.0, reward=1.0, kl=0.0, clip_frac=0.0,
+               grad_norm=1.0)
+    claim.plot([dict(level=0, arm=claim.REFERENCE, seed=0, rows=[row])], {0.0: dict(all_wrong=0.3)}, str(tmp_path), 0)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    monkeypatch.setattr(sys, "argv", ["plot_runs.py", str(tmp_path / "run"), "--out", str(tmp_path / "c.png")])
+    plot_runs.main()
+    curves = [line for fig in figs for ax in fig.axes for line in ax.lines]
+    assert len(curves) == 2 + 7 and all(line.get_marker() not in (None, "None", "") for line in curves)
+
+
+@pytest.mark.parametrize("script,sentence", [
+    ("claim", "does IGPO beat GRPO and the sample-matched baseline, and does its gain grow with the share of "
+              "all-wrong groups?"),
+    ("plot_runs", "clip fraction and grad norm against the optimizer step, one line per run (or per group of runs: "
+                  "the mean).")])
+def test_help_shows_the_whole_description(script, sentence, monkeypatch, capsys):
+    import plot_runs
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", "--help"])
+    with pytest.raises(SystemExit) as e:
+        {"claim": claim, "plot_runs": plot_runs}[script].main()
+    assert e.value.code == 0
+    assert sentence in " ".join(capsys.readouterr().out.split())
