@@ -188,19 +188,17 @@ def shard(items: list, rank: int, world: int) -> list:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The embedded task: multi-step counting word problems small enough to SFT and RL a tiny LLaDA on a CPU, where a
-# right answer means a sound chain.
+# The embedded task: counting word problems small enough to SFT and RL a tiny LLaDA on a CPU, where right = sound.
 #   "Tom has 3 coins. First he gets 2, second loses 4, third finds 3. How many coins after each step?"
 #   -> "first: 3+2=5\nsecond: 5-4=1\nthird: 1+3=4" -> \boxed{514}
-# Values stay in 1..6, so a step is one lookup in a table of 30 facts (+ or -) on the previous value and an operand
-# copied from the question (a 4-layer d=128 model learns no two-digit arithmetic in minutes on 2 cores; without the
-# ordinals it did not learn to find the k-th operand). The answer is every step's result in order, one digit each
-# (no 0, so numeric equivalence is string equality): it cannot be guessed (6 x 5^n chains of n steps) and it is right
-# only if every result is, so a right answer means a sound chain unless the box disagrees with the lines (measured:
-# docs/task.md). Difficulty is the chain length n (a rule on the problem): level `task-<n>` trains on n-step chains;
-# SFT sees lengths 1..7 with TASK_SFT_WEIGHTS, long chains rarely, so the start is at the edge of its competence.
-# Held out by construction: every level's rl, val and test chains are distinct and drawn before SFT's, which never
-# sees them (tests/test_task.py checks it); short chains repeat in SFT with new wording (there are only 30 of one step).
+# Values stay in 1..6: a step is one lookup in a table of 30 facts on the previous value and an operand copied from
+# the question (a 4-layer d=128 model learns no two-digit arithmetic in minutes on 2 cores; ordinals let it find the
+# k-th operand). The answer is every step's result, one digit each (no 0: numeric equivalence is string equality),
+# so it cannot be guessed (6 x 5^n chains of n steps) and is right only if every result is (docs/task.md measures
+# how often a right box sits on a wrong line). Difficulty is the chain length n, a rule on the problem: level
+# `task-<n>`. SFT sees lengths 1..7 with TASK_SFT_WEIGHTS, long ones rarely: the start is at the edge of its
+# competence. Held out by construction: each level's rl, val and test chains are distinct and drawn before SFT's,
+# which avoids them all (tests/test_task.py); short chains repeat in SFT reworded (there are 30 of one step).
 TASK_VALUES = (1, 6)                       # every value of a chain lies in lo..hi
 TASK_NAMES = {"Tom": "He", "Sam": "He", "Leo": "He", "Ann": "She", "Mia": "She", "Eva": "She"}
 TASK_THINGS = ("coins", "apples", "cards", "pens", "shells", "books")
@@ -226,8 +224,7 @@ def task_model_fields(tok):
 
 
 def task_problem(rng, n_steps):
-    """One problem with n_steps operations: {question, answer, solution}, and its chain (the numbers and operations,
-    whatever the wording)."""
+    """One problem of n_steps operations: ({question, answer, solution}, its chain: numbers and operations)."""
     lo, hi = TASK_VALUES
     name, thing, v = rng.choice(sorted(TASK_NAMES)), rng.choice(TASK_THINGS), rng.randint(lo, hi)
     phrases, lines, chain = [], [], [v]
@@ -273,12 +270,29 @@ def _task_splits(sft_weights):
     return out
 
 
-def task_level(name, split):
-    """Items of level `task-<n>` (`task`: TASK_MAIN) for split rl | val | test; ValueError for another name."""
+def task_level(name, split, draw=0):
+    """Items of level `task-<n>` (`task`: TASK_MAIN) for split rl | val | test; ValueError for another name.
+    draw > 0: a fresh set of the split's size and length, chains outside every other set and SFT (a new test draw)."""
     m = re.fullmatch(r"task(?:-(\d+))?", name)
     if not m or int(m[1] or TASK_MAIN) not in TASK_LEVELS:
         raise ValueError(f"{name!r}: expected task or task-<n>, n in {TASK_LEVELS}")
-    return task_splits()[f"{split}-{int(m[1] or TASK_MAIN)}"]
+    n, splits = int(m[1] or TASK_MAIN), task_splits()
+    if not draw:
+        return splits[f"{split}-{n}"]
+    used = {_chain(it) for items in splits.values() for it in items}
+    rng, items = random.Random(f"{split}-{n}-{draw}"), []
+    while len(items) < TASK_HELD[split][0]:
+        item, chain = task_problem(rng, n)
+        if chain not in used:
+            used.add(chain)
+            items.append(dict(id=f"task-{split}{draw}-{n}-{len(items)}", **item))
+    return items
+
+
+def _chain(item):
+    """The chain of an item (as task_problem returns it) read back from its text."""
+    steps = re.findall(r": \d([+-])(\d)=", item["solution"])
+    return (int(re.search(r"has (\d+)", item["question"])[1]), *[x for op, k in steps for x in (op, int(k))])
 
 
 _OPS = {"gets": "+", "finds": "+", "loses": "-", "gives": "-"}

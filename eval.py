@@ -186,6 +186,13 @@ def evaluate(model, tokenizer, items, proto, *, out_path=None, messages=data.bui
     return out
 
 
+def sound_rows(tok, items, comp, G):
+    """(B,) bool: completion ids comp[r] (G rows per item) reason soundly (data.task_sound); None off the task."""
+    if not items or not items[0]["id"].startswith("task"):
+        return None
+    return torch.tensor([data.task_sound(items[r // G]["question"], tok.decode(c)) for r, c in enumerate(comp)])
+
+
 def evaluate_fresh(model, tokenizer, bench, limit, out_path, batch_size=8, seed=0):
     """evaluate() on the first `limit` problems of `bench` with its protocol, discarding rows an earlier run left
     at out_path (evaluate would resume from them): igpo.py's evaluation of the policy during training."""

@@ -118,12 +118,12 @@ class Config:  # a comment starting with [lo, hi] or {a|b} is the field's domain
 
 
 TASK_DEFAULT_MODEL = "checkpoints/task-sft"  # committed; `python sft.py` makes it when missing (only this path)
-PRESETS = {  # python igpo.py: the embedded task on a CPU (lr chosen on val: experiments/rl_settings.py); paper: P's run
-    "task": dict(model=TASK_DEFAULT_MODEL, data="task", out_dir="runs/igpo-task", steps=40, prompts_per_step=16,
-                 micro_batch=128, gen_length=data.TASK_SAMPLING["gen_length"], mu=2,
+PRESETS = {  # python igpo.py: the embedded task on a CPU (lr: chosen on val for the previous task, docs/history); paper: P
+    "task": dict(model=TASK_DEFAULT_MODEL, data="task", out_dir="runs/igpo-task", steps=40, prompts_per_step=16, mu=2,
+                 micro_batch=128, gen_length=data.TASK_SAMPLING["gen_length"], chunk=(2, 4), lr=3e-4, warmup=5,
                  block_length=data.TASK_SAMPLING["block_length"], diffusion_steps=data.TASK_SAMPLING["steps"],
-                 temperature=data.TASK_SAMPLING["temperature"], fast_threshold=data.TASK_SAMPLING["threshold"], chunk=(2, 4), reserve=data.TASK_HINT_RESERVE,
-                 lr=3e-4, warmup=5, grad_clip=1.0, grad_ckpt=False, save_every=40, eval_every=0,
+                 temperature=data.TASK_SAMPLING["temperature"], fast_threshold=data.TASK_SAMPLING["threshold"],
+                 reserve=data.TASK_HINT_RESERVE, grad_clip=1.0, grad_ckpt=False, save_every=40, eval_every=0,
                  eval_limit=500, ratio="token", loss_norm="token", lr_epochs=0, lora_rank=0, seed=0),
     "paper": dict(),
 }
@@ -463,8 +463,7 @@ def check_config(cfg, world):
     launch.usage_error([msg for bad, msg in [
         (cfg.prompts_per_step % world, f"--prompts_per_step {cfg.prompts_per_step} not divisible by world {world}"),
         (cfg.steps % cfg.mu, f"--steps {cfg.steps} not a multiple of --mu {cfg.mu} (a rollout batch serves mu steps)"),
-        (cfg.save_every % cfg.mu, f"--save_every {cfg.save_every} not a multiple of --mu {cfg.mu} (checkpoints fall "
-                                  f"between rollout batches)"),
+        (cfg.save_every % cfg.mu, f"--save_every {cfg.save_every} not a multiple of --mu {cfg.mu} (saves go between)"),
         (cfg.gen_length % cfg.block_length, f"--gen_length {cfg.gen_length} not a multiple of --block_length"),
         (cfg.diffusion_steps % blocks, f"--diffusion_steps {cfg.diffusion_steps} not divisible by {blocks} blocks"),
         (len(cfg.eta) != 2 or cfg.eta[0] > cfg.eta[1], f"--eta {cfg.eta}: two values lo,hi with lo <= hi"),
@@ -515,8 +514,6 @@ def train(cfg):
             mine, first = batch_items(items, step // cfg.mu, cfg, rank, world)
             b = make_batch(policy, ref, tok, mine, messages, cfg, step // cfg.mu, first, device, times)
             stats = batch_stats(b, cfg, tok, mine)
-            wrong = all_wrong(b.correct_policy, cfg.G).tolist()
-            stats["no_trace"] = (float(sum(w and not has_trace(it) for w, it in zip(wrong, mine))), len(mine))
         policy.train()
         torch.manual_seed(launch.seed(cfg.seed, "dropout", step, rank))  # LoRA dropout: a function of the step
         lr = launch.lr_at(step, horizon, cfg.lr, cfg.warmup)  # linear warmup and decay to 0 at `horizon` (O: HF's)
@@ -532,8 +529,7 @@ def train(cfg):
                 opt.step()
             opt.zero_grad(set_to_none=True)
         row.update(step=step + 1, lr=lr, grad_norm=gnorm, skipped=float(not ok), t_update=times["t_update"])
-        if "acc" in row:
-            accs.append(row["acc"])
+        accs += [row["acc"]] if "acc" in row else []  # rows of a rollout batch's first step
         if rank == 0:
             metrics_f.write(json.dumps(row) + "\n")
             bar.set_postfix({k: f"{row[k]:.3g}" for k in SHOWN if k in row})
@@ -551,8 +547,7 @@ def train(cfg):
             log(f"SIGTERM: stopped after step {step + 1}, checkpoint saved; --resume on continues from it")
             break
     q = max(1, len(accs) // 4)
-    log(f"on-policy accuracy (T = {cfg.temperature}): first quarter of the run {sum(accs[:q]) / q:.3f} -> last "
-        f"quarter {sum(accs[-q:]) / q:.3f}")
+    log(f"on-policy accuracy (T = {cfg.temperature}): first quarter {sum(accs[:q]) / q:.3f}, last {sum(accs[-q:]) / q:.3f}")
     if start is not None and cfg.eval_limit:
         log(f"test: start {E.fmt_acc(start)} -> after {cfg.steps} steps {E.fmt_acc(res)}")
     if dist.is_initialized():
@@ -577,14 +572,11 @@ SHOWN = ("acc", "sound_acc", "all_wrong_before", "all_wrong_after", "loss")  # o
 
 
 def batch_stats(b, cfg, tok, items):
-    """The rollout batch's statistics as (sum, count) pairs (the README's table reports these). On the task also
-    sound_acc (on-policy rollouts right with every reasoning line right) and sound_replaced (of the replacements)."""
+    """The rollout batch's statistics as (sum, count) pairs; the task's sound rates too (measured, never trained on)."""
     B, groups = len(b.comp), len(b.comp) // cfg.G
-    sound = {}
-    if items and items[0]["id"].startswith("task"):  # measured, never trained on (the reward checks only the box)
-        ok = torch.tensor([data.task_sound(items[r // cfg.G]["question"], tok.decode(c)) for r, c in enumerate(b.comp)])
-        sound = dict(sound_acc=(float((ok & (b.correct_policy > 0) & ~b.replaced).sum()), B),
-                     sound_replaced=(float((ok & b.replaced).sum()), float(b.replaced.sum())))
+    ok = E.sound_rows(tok, items, b.comp, cfg.G)  # (B,) every reasoning line right, or None off the task
+    sound = {} if ok is None else dict(sound_acc=(float((ok & (b.correct_policy > 0) & ~b.replaced).sum()), B),
+                                       sound_replaced=(float((ok & b.replaced).sum()), float(b.replaced.sum())))
     wrong = float(all_wrong(b.correct_policy, cfg.G).sum())  # all-wrong groups before the rescue
     gen, hint, ent = ~b.hint & b.lmask, b.hint & b.lmask, b.ent[0]
     per_rollout = dict(acc=b.correct_policy > 0, acc_after=b.correct > 0, reward=b.reward, replaced=b.replaced,
@@ -595,7 +587,9 @@ def batch_stats(b, cfg, tok, items):
                 spent=(B + (cfg.G * wrong if cfg.rescue != "off" else 0.0), B),  # rollouts sampled
                 hint_frac=(float(b.hint.sum()), float(b.lmask.sum())),
                 ent_hint=(float((ent * hint).sum()), float(hint.sum())),
-                ent_gen=(float((ent * gen).sum()), float(gen.sum())), **sound)
+                ent_gen=(float((ent * gen).sum()), float(gen.sum())), **sound,
+                no_trace=(sum(float(w and not has_trace(it)) for w, it in zip(all_wrong(b.correct_policy, cfg.G), items)),
+                          len(items)))  # all-wrong groups IGPO cannot act on
 
 
 def summarize(stats, times, device):

@@ -103,7 +103,7 @@ def main():
           f"{'trained ' + a.ckpt if not a.width else 'random weights'}: d_model {c.d_model}, {c.n_layers} layers, "
           f"{c.n_heads} heads, MLP {c.mlp_hidden_size}, vocab {c.vocab_size}; 8B: d_model {big.d_model}, "
           f"{big.n_layers} layers, {big.n_heads} heads, MLP {big.mlp_hidden_size}, vocab {big.vocab_size}")
-    items = data.task_splits()["rl"][:a.n]
+    items = data.task_level("task", "rl")[:a.n]
     golds = [it["answer"] for it in items]
     for shape, (plen, sampling) in SHAPES.items():
         plen = a.prompt_len if shape == "paper" else plen

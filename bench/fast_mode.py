@@ -92,12 +92,11 @@ def main():
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     m, tok = M.load(a.ckpt)
     sampling = dict(gen_length=a.gen_length, block_length=a.block_length, steps=a.steps)
-    splits = data.task_splits()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, sampling {sampling}")
     names = a.only.split(",") if a.only else list(VARIANTS)
     base = {}
-    for setting, items, G, T in (("test greedy", splits["test"][:a.n_test], 1, 0.0),
-                                 ("RL T=1.2 G=8", splits["rl"][:a.n_rl], 8, 1.2)):
+    for setting, items, G, T in (("test greedy", data.task_level("task", "test")[:a.n_test], 1, 0.0),
+                                 ("RL T=1.2 G=8", data.task_level("task", "rl")[:a.n_rl], 8, 1.2)):
         print(f"\n{setting}: {len(items)} prompts x {G}")
         print(f"{'variant':30s} {'acc':>6s} {'NFE/call':>8s} {'row-fwd/rollout':>15s} {'GFLOP/rollout':>13s} "
               f"{'FLOPs x':>7s} {'wall s':>7s} {'wall x':>6s} {'same text':>9s}")

@@ -4,17 +4,17 @@ sample-matched baseline, and does its gain grow with the share of all-wrong grou
 Every run is one `igpo.py` process (never a copy of the loop) from the same SFT checkpoint; for a given seed every
 arm sees the same prompts in the same order and spends the same optimizer steps; only the arm's flags differ.
 An arm is one line of ARMS (name -> igpo.py flags); the tables, paired differences and plots work for any set.
-A level is a data name of the embedded task, `task-ext<s>` (data.task_level): a share s of the RL prompts, and of
-the level's own test set, holds problems whose values go beyond what SFT saw, so the start fails most of them.
+A level is a data name of the embedded task, `task-<n>` (data.task_level): RL prompts and test problems of n-step
+chains; SFT saw long chains rarely, so the longer the chain, the more groups of the start are all wrong.
 The x axis of the dose-response is the all-wrong share of the start on the level's RL prompts (never on test).
 
 Each run trains with igpo.py's task preset (no evaluation during training, the final policy alone saved), then is
-scored greedily on the level's test set (data.TASK_LEVEL_TEST problems, drawn with --test_seed) and on the task's
-standard test split (500 problems). Paired differences are REFERENCE minus each other arm, per seed (a seed fixes
+scored greedily, in pass@1 and sound pass@1 (right with every reasoning line right), on the level's held-out test
+set (--test_seed N > 0: a fresh draw of its size) and on the standard test (`task`'s, the main level's). Paired differences are REFERENCE minus each other arm, per seed (a seed fixes
 the prompts and their order), with a Student-t 95% interval over seeds.
 
-Run:  python experiments/claim.py --level 0,0.5,1 --arms grpo,sample_matched,igpo --seeds 0,1,2,3
-      python experiments/claim.py --level 1 --arms igpo_full_hints,igpo_no_filter --seeds 0,1,2,3 --keep
+Run:  python experiments/claim.py --level 5,6,7 --arms grpo,sample_matched,igpo --seeds 0,1,2,3
+      python experiments/claim.py --level 7 --arms igpo_full_hints,igpo_no_filter --seeds 0,1,2,3 --keep
       python experiments/claim.py --test_seed 7 --keep ...   # score the finished runs on a fresh test draw
       python experiments/claim.py --report                   # tables and plots again from OUT/claim.json
       python experiments/claim.py --quick    # 1 seed, 2 optimizer steps on 1 rollout batch, 20 test problems
@@ -63,12 +63,11 @@ ARMS = {  # name -> igpo.py flags on top of the task preset; adding an arm is on
     "igpo_dual_cache": ["--fast_cache", "dual"],     # rollouts with the dual (prefix + suffix) KV cache
 }
 QUICK_TEST = 20  # --quick scores the first QUICK_TEST problems of each test set
-RANGE_NAMES = {"in": "level test: values 0..5", "out": "level test: values beyond 5"}
 REFERENCE = "igpo"  # paired differences: REFERENCE minus every other arm (the first arm if REFERENCE is absent)
 
 
 def level_name(level):
-    return f"task-ext{level}"
+    return f"task-{level}"
 
 
 # ------------------------------------------------------------------------------------------------ the runs
@@ -112,22 +111,19 @@ def train(level, arm, seed, args):
 
 def score(model_dir, level, test_seed, args, out_dir):
     """Greedy accuracy of a policy on the level's test set (test seed) and the standard test split: {key: result}
-    with keys 'level@<test seed>' and 'task'; accuracy by chain length and, on the level set, in and out of range."""
+    with keys 'level@<test seed>' and 'task'; pass@1 and sound pass@1 (eval.evaluate) with their intervals."""
     torch.set_num_threads(1)
     m, tok = M.load(model_dir)
     n = QUICK_TEST if args.quick else None
     policy = files_hash(glob.glob(os.path.join(model_dir, "*.safetensors"))) + " " + args.code  # what wrote a row
     out = {}
-    for key, items in ((f"level@{test_seed}", data.task_level(level_name(level), "test", test_seed)[:n]),
-                       ("task", data.task_splits()["test"][:n])):
+    for key, items in ((f"level@{test_seed}", data.task_level(level_name(level), "test", draw=test_seed)[:n]),
+                       ("task", data.task_level("task", "test")[:n])):
         path = os.path.join(out_dir, f"eval-{key}.jsonl")
         drop_rows_of_another(path, policy)
         res = E.evaluate(m, tok, items, E.protocol("task"), messages=data.task_messages, batch_size=128,
                          out_path=path)
-        ok = {r["id"]: float(r["correct"]) for r in map(json.loads, open(path))}
-        res["by_len"] = group_mean(items, ok, lambda it: it["solution"].count("\n") + 1)
-        res["by_range"] = group_mean(items, ok, lambda it: "out" if "-ext-" in it["id"] else "in")
-        out[key] = {k: res[k] for k in ("accuracy", "ci95", "n_problems", "by_len", "by_range")}
+        out[key] = {k: res[k] for k in ("accuracy", "ci95", "sound_accuracy", "sound_ci95", "n_problems")}
     return out
 
 
@@ -177,13 +173,6 @@ def drop_rows_of_another(path, tag):
         f.write(tag)
 
 
-def group_mean(items, ok, key):
-    groups = {}
-    for it in items:
-        groups.setdefault(key(it), []).append(ok[it["id"]])
-    return {str(k): sum(v) / len(v) for k, v in sorted(groups.items())}
-
-
 def start_row(level, args):
     """The shared init on this level: its test scores and its all-wrong share on the level's RL prompts."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -194,7 +183,7 @@ def start_row(level, args):
     m, tok = M.load(args.model)
     prompts = 16 if args.quick else args.start_prompts
     got = levels.measure(m, tok, level_name(level), prompts, 0, "off", args.extra)
-    return dict(level=level, tests=tests, pass_rate=got["pass_rate"], all_wrong=got["all_wrong"] / prompts,
+    return dict(level=level, tests=tests, pass_rate=got["right"] / got["rollouts"], all_wrong=got["all_wrong"] / prompts,
                 commit=args.commit, code=args.code,
                 prompts=prompts)
 
@@ -206,7 +195,7 @@ def run_stats(run, test_seed):
     batches = [r for r in run["rows"] if "acc" in r]
     half = max(1, len(batches) // 2)
     lv, std = run["tests"][f"level@{test_seed}"], run["tests"]["task"]
-    out = dict(test=lv["accuracy"], std_test=std["accuracy"],
+    out = dict(test=lv["accuracy"], sound=lv["sound_accuracy"], std_test=std["accuracy"], std_sound=std["sound_accuracy"],
                aw_before=statistics.mean(r["all_wrong_before"] for r in batches),
                aw_after=statistics.mean(r["all_wrong_after"] for r in batches),
                spent=statistics.mean(r["spent"] for r in batches),
@@ -215,7 +204,6 @@ def run_stats(run, test_seed):
                rollout_s=statistics.mean(r["t_rollout"] + r["t_inpaint"] for r in batches),
                kl=statistics.mean(r["kl"] for r in run["rows"] if "kl" in r),
                clip=statistics.mean(r["clip_frac"] for r in run["rows"] if "clip_frac" in r))
-    out.update({f"range_{k}": v for k, v in lv["by_range"].items()})
     return out
 
 
@@ -267,8 +255,7 @@ def level_section(level, runs, start, test_seed):
     differences (REFERENCE minus each arm) on the level test set and on the standard test split."""
     arms = [a for a in ARMS if any(r["arm"] == a for r in runs)] + sorted({r["arm"] for r in runs} - set(ARMS))
     stats = {a: [run_stats(r, test_seed) for r in runs if r["arm"] == a] for a in arms}
-    ranges = sorted({k for st in stats.values() for s in st for k in s if k.startswith("range_")})
-    head = ["arm", "seeds", "level test", *[RANGE_NAMES[k[6:]] for k in ranges], "standard test",
+    head = ["arm", "seeds", "level test", "level sound", "standard test", "standard sound",
             "all-wrong before", "all-wrong after", "rollouts / prompt-rollout", "on-policy acc 1st half",
             "2nd half", "rollout s / batch", "KL", "clip frac"]
     lv, std = start["tests"][f"level@{test_seed}"], start["tests"]["task"]
@@ -277,24 +264,24 @@ def level_section(level, runs, start, test_seed):
              f" the dose-response's x). The table's all-wrong shares are a run's mean over its rollout batches, "
              f"as the policy learns.\n",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
-             f"| SFT start | | {lv['accuracy']:.3f} | " + " | ".join(f"{lv['by_range'].get(k[6:], 0):.3f}"
-                                                               for k in ranges)
-             + f" | {std['accuracy']:.3f} | {start['all_wrong']:.3f} | | | | | | | |"]
-    cols = ["test", *ranges, "std_test", "aw_before", "aw_after", "spent", "acc_first", "acc_last", "rollout_s", "kl",
+             f"| SFT start | | {lv['accuracy']:.3f} | {lv['sound_accuracy']:.3f} | {std['accuracy']:.3f} | "
+             f"{std['sound_accuracy']:.3f} | {start['all_wrong']:.3f} | | | | | | | |"]
+    cols = ["test", "sound", "std_test", "std_sound", "aw_before", "aw_after", "spent", "acc_first", "acc_last", "rollout_s", "kl",
             "clip"]
     for a, st in stats.items():
         lines.append(f"| {a} | {len(st)} | " + " | ".join(mean_std([s.get(c, 0.0) for s in st]) for c in cols) + " |")
     acc = {(r["arm"], r["seed"]): run_stats(r, test_seed) for r in runs}
     seeds = sorted({s for _, s in acc})
-    lines += ["", "Level test accuracy per seed (standard test in parentheses):", "",
+    lines += ["", "Level test pass@1 per seed (sound pass@1 in parentheses):", "",
               "| seed | " + " | ".join(arms) + " |", "|" + "---|" * (len(arms) + 1)]
-    lines += [f"| {s} | " + " | ".join(f"{acc[a, s]['test']:.3f} ({acc[a, s]['std_test']:.3f})" if (a, s) in acc
+    lines += [f"| {s} | " + " | ".join(f"{acc[a, s]['test']:.3f} ({acc[a, s]['sound']:.3f})" if (a, s) in acc
                                        else "" for a in arms) + " |" for s in seeds]
     ref = reference_of(arms)
     lines += ["", f"{ref} minus each arm, paired by seed: mean, 95% interval (Student t), seeds higher / lower:", ""]
     for a in (a for a in arms if a != ref):
         both = [s for s in seeds if (ref, s) in acc and (a, s) in acc]
-        for key, name in (("test", "level test"), ("std_test", "standard test")):
+        for key, name in (("test", "level test"), ("sound", "level test, sound"), ("std_test", "standard test"),
+                          ("std_sound", "standard test, sound")):
             d = [acc[ref, s][key] - acc[a, s][key] for s in both]
             if d:
                 m, lo, hi = paired_interval(d)
@@ -385,7 +372,7 @@ def write(args, res, quiet=False):
     ts = res["test_seed"]
     every = res["results"]
     res = dict(res, results=[r for r in every if f"level@{ts}" in r["tests"]])
-    starts = {float(k): v for k, v in res["starts"].items()}
+    starts = {int(k): v for k, v in res["starts"].items()}
     with open(os.path.join(args.out, "runs.tsv"), "w") as f:
         f.write("level\tarm\tseed\ttest\taccuracy\tn_problems\n")
         for r in [dict(s, arm="start", seed="") for s in starts.values()] + every:
@@ -399,9 +386,10 @@ def write(args, res, quiet=False):
     sizes = next(iter(starts.values()))["tests"]  # every start and run is scored on the same test sets
     text = [f"# IGPO vs baselines on the embedded task, by difficulty level\n\nMade by: {hist} (2-core CPU, "
             f"{plural(args.parallel, 'run')} at a time, 1 thread each). Init `{res['model']}`. Test seed {ts}: "
-            f"level test = {sizes[f'level@{ts}']['n_problems']} problems of the level's distribution drawn with it; "
-            f"standard test = the first {sizes['task']['n_problems']} problems of the task's test split. Greedy "
-            f"pass@1 after the last step; mean ± std over seeds. Rollouts / prompt-rollout: rollouts sampled "
+            f"level test = {sizes[f'level@{ts}']['n_problems']} problems of the level ({'its held-out test set' if not ts else 'a fresh draw'}); "
+            f"standard test = the first {sizes['task']['n_problems']} of `task`'s held-out test set (level "
+            f"{data.TASK_MAIN}). Greedy pass@1 and sound pass@1 (right, every reasoning line right) after the last "
+            f"step; mean ± std over seeds. Rollouts / prompt-rollout: rollouts sampled "
             f"(re-sampled included) per on-policy rollout. Rollout s / batch: wall seconds of a rollout batch's "
             f"sampling (rescue included), 2 runs sharing 2 cores. KL, clip frac: means over the optimizer steps "
             f"(kept tokens).\n"]
@@ -436,10 +424,11 @@ def write(args, res, quiet=False):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="checkpoints/task-sft", help="the SFT init shared by every arm")
-    p.add_argument("--level", default="0", help="comma list of out-of-range shares s (data name task-ext<s>)")
+    p.add_argument("--level", default=str(data.TASK_MAIN), help="comma list of chain lengths n (data name task-<n>)")
     p.add_argument("--arms", default="grpo,sample_matched,igpo", help=f"comma list of {', '.join(ARMS)}")
     p.add_argument("--seeds", default=None, help="comma list (default 0,1,2,3; --quick: 0)")
-    p.add_argument("--test_seed", type=int, default=100, help="draws each level's test set (data.task_level)")
+    p.add_argument("--test_seed", type=int, default=0, help="0: each level's held-out test set; N > 0: a fresh draw "
+                   "of its size (data.task_level draw=N)")
     p.add_argument("--parallel", type=int, default=2, help="runs at once (1 thread each)")
     p.add_argument("--quick", action="store_true",
                    help=f"1 seed, 2 optimizer steps on 1 rollout batch of 4 prompts, {QUICK_TEST} test problems: "
@@ -466,18 +455,17 @@ def main():
         return write(args, old)
     t0 = time.time()
     seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2,3")).split(",")]
-    levels = [float(x) for x in args.level.split(",")]
-    levels = [int(x) if x.is_integer() else x for x in levels]  # task-ext1, not task-ext1.0
+    levels = [int(x) for x in args.level.split(",")]
     old = old or dict(results=[], history=[], starts={}, model=args.model, test_seed=args.test_seed)
     if old["model"] != args.model:
         raise SystemExit(f"{path} holds runs from {old['model']}; pass another --out for --model {args.model}")
-    starts = {float(k): v for k, v in old["starts"].items()}
+    starts = {int(k): v for k, v in old["starts"].items()}
     for lv in sorted(set(levels) | {r["level"] for r in old["results"]}, key=float):
-        if float(lv) not in starts or lv in levels and not reusable(starts[float(lv)], f"{level_name(lv)} start", args):
-            starts[float(lv)] = start_row(lv, args)
-        elif f"level@{args.test_seed}" not in starts[float(lv)]["tests"]:  # a new test seed: scores added
+        if int(lv) not in starts or lv in levels and not reusable(starts[int(lv)], f"{level_name(lv)} start", args):
+            starts[int(lv)] = start_row(lv, args)
+        elif f"level@{args.test_seed}" not in starts[int(lv)]["tests"]:  # a new test seed: scores added
             out_dir = os.path.join(args.runs, level_name(lv), "start")
-            starts[float(lv)]["tests"].update(score(args.model, lv, args.test_seed, args, out_dir))
+            starts[int(lv)]["tests"].update(score(args.model, lv, args.test_seed, args, out_dir))
     jobs = [(lv, arm, seed) for lv in levels for seed in seeds for arm in args.arms.split(",")]
     done = {}  # the finished runs reused: same flags and (asked for) same code
     for r in old["results"]:

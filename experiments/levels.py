@@ -55,7 +55,7 @@ def measure(m, tok, name, n_prompts, seed, rescue, extra=()):
     return dict(out)
 
 
-def properties(hinted, resampled, val, groups, const):
+def properties(hinted, resampled, val, val2, groups, const):
     """The design properties of one level (names as in issue 26's list) from measure()'s counts."""
     n, w = hinted["rollouts"], hinted["all_wrong"]
     unsound = n - hinted["sound"]
@@ -66,7 +66,8 @@ def properties(hinted, resampled, val, groups, const):
                 sound_hinted=hinted["sound_replaced"][0] / max(1, hinted["sound_replaced"][1]),
                 sound_resampled=resampled["sound_replaced"][0] / max(1, resampled["sound_replaced"][1]),
                 best_constant=const, val_pass1=val["accuracy"], val_sound_pass1=val["sound_accuracy"],
-                val_sound_given_right=val["sound_accuracy"] / max(1e-9, val["accuracy"]))
+                val_sound_given_right=val["sound_accuracy"] / max(1e-9, val["accuracy"]),
+                val2_pass1=val2["accuracy"], val2_sound_pass1=val2["sound_accuracy"])
 
 
 COLUMNS = [("pass_rate", "rollout pass rate"), ("sound_given_right", "sound / right (rollouts)"),
@@ -74,7 +75,12 @@ COLUMNS = [("pass_rate", "rollout pass rate"), ("sound_given_right", "sound / ri
            ("rescued_hints", "rescued by hints"), ("sound_hinted", "sound / hinted replacements"),
            ("rescued_resample", "rescued by re-sampling"), ("sound_resampled", "sound / re-sampled replacements"),
            ("best_constant", "best constant answer"), ("val_pass1", "val pass@1 (greedy)"),
-           ("val_sound_pass1", "val sound pass@1"), ("val_sound_given_right", "val sound / right")]
+           ("val_sound_pass1", "val sound pass@1"), ("val_sound_given_right", "val sound / right"),
+           ("val2_pass1", "val pass@1, 2 tokens a step"), ("val2_sound_pass1", "val sound pass@1, 2 tokens a step")]
+
+
+# the task's decoding (a confidence threshold) and the paper's 2 tokens per step, both greedy
+VAL_PROTOCOLS = (E.protocol("task"), E.protocol("task", threshold=0, steps=data.TASK_SAMPLING["gen_length"] // 2))
 
 
 def table(rows):
@@ -101,12 +107,12 @@ def main():
         hinted = measure(m, tok, name, args.prompts, args.seed, "hints")
         resampled = measure(m, tok, name, args.prompts, args.seed, "resample")
         assert resampled["all_wrong"] == hinted["all_wrong"]  # the same on-policy rollouts: only the rescue differs
-        val = E.evaluate(m, tok, data.task_level(name, "val")[:args.val or None], E.protocol("task"),
-                         messages=data.task_messages, batch_size=100)
+        val, val2 = [E.evaluate(m, tok, data.task_level(name, "val")[:args.val or None], proto,
+                                messages=data.task_messages, batch_size=100) for proto in VAL_PROTOCOLS]
         rl = data.task_level(name, "rl")
         const = collections.Counter(it["answer"] for it in rl).most_common(1)[0][1] / len(rl)
         rows.append(dict(level=name, groups=args.prompts, counts=dict(hinted=hinted, resampled=resampled),
-                         **properties(hinted, resampled, val, args.prompts, const)))
+                         **properties(hinted, resampled, val, val2, args.prompts, const)))
         print(json.dumps(rows[-1]), flush=True)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "levels.json"), "w") as f:

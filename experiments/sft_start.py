@@ -51,12 +51,12 @@ def run(name, ckpt, prompts, n_val):
         name_n = f"task-{n}"
         hinted = levels.measure(m, tok, name_n, prompts, 0, "hints")
         resampled = levels.measure(m, tok, name_n, prompts, 0, "resample")
-        val = E.evaluate(m, tok, data.task_level(name_n, "val")[:n_val], E.protocol("task"),
-                         messages=data.task_messages, batch_size=100)
+        val, val2 = [E.evaluate(m, tok, data.task_level(name_n, "val")[:n_val], proto, messages=data.task_messages,
+                                batch_size=100) for proto in levels.VAL_PROTOCOLS]
         rl = data.task_level(name_n, "rl")
         const = collections.Counter(it["answer"] for it in rl).most_common(1)[0][1] / len(rl)
         res["levels"].append(dict(level=name_n, counts=dict(hinted=hinted, resampled=resampled),
-                                  **levels.properties(hinted, resampled, val, prompts, const)))
+                                  **levels.properties(hinted, resampled, val, val2, prompts, const)))
         print(json.dumps(res["levels"][-1]), flush=True)
     os.makedirs(OUT, exist_ok=True)
     with open(os.path.join(OUT, f"{name}.json"), "w") as f:

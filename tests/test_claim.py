@@ -1,6 +1,5 @@
 """experiments/claim.py: levels, arms, seeds, --keep, --test_seed and --report on a tiny model (structure only,
 never who won). The arms come from claim.ARMS, plus one added by the test: the harness must not depend on a list."""
-import functools
 import importlib.util
 import json
 import math
@@ -12,6 +11,8 @@ import pytest
 
 from conftest import ROOT, save_tiny_task_model
 
+import data  # noqa: E402
+
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import claim  # noqa: E402
 
@@ -19,14 +20,6 @@ PLOTS = importlib.util.find_spec("matplotlib") is not None  # plots are experime
 
 TINY = ["--", "--gen_length", "16", "--block_length", "8", "--diffusion_steps", "4", "--chunk", "2,3", "--reserve",
         "2", "--G", "4", "--micro_batch", "16"]
-
-
-@pytest.fixture(autouse=True)
-def splits_once(monkeypatch):
-    """data.task_splits draws ~300K problems (seconds) on every call, and claim.py scores, start rows and levels call
-    it again and again: computed once per test here (it is deterministic; tests/test_task.py tests it)."""
-    import data
-    monkeypatch.setattr(data, "task_splits", functools.lru_cache(data.task_splits))
 
 
 def run_claim(monkeypatch, tmp_path, *flags):
@@ -41,27 +34,27 @@ def test_claim_levels_arms_keep_test_seed_and_report(tmp_path, monkeypatch):
     save_tiny_task_model(tmp_path / "ck")
     monkeypatch.setitem(claim.ARMS, "probe", ["--lam", "0.25"])  # a forked ablation: one line in ARMS
     arms = [claim.REFERENCE, "probe"]
-    res = run_claim(monkeypatch, tmp_path, "--level", "0,1", "--arms", ",".join(arms))
-    assert sorted((r["level"], r["arm"]) for r in res["results"]) == sorted((lv, a) for lv in (0, 1) for a in arms)
+    res = run_claim(monkeypatch, tmp_path, "--level", "4,7", "--arms", ",".join(arms))
+    assert sorted((r["level"], r["arm"]) for r in res["results"]) == sorted((lv, a) for lv in (4, 7) for a in arms)
     md = open(tmp_path / "out" / "claim.md").read()
-    for lv in ("task-ext0", "task-ext1"):
+    for lv in ("task-4", "task-7"):
         assert f"## Level {lv}" in md and (tmp_path / "out" / f"claim-{lv}.png").exists() == PLOTS
     assert md.count("| probe | 1 | ") == 2 and f"- {claim.REFERENCE} − probe, level test: " in md
     assert (tmp_path / "out" / "dose.png").exists() == PLOTS and f"| {claim.REFERENCE} − probe | " in md
     assert ("![dose-response](dose.png)" in md) == PLOTS  # no broken image links without matplotlib
     tsv = open(tmp_path / "out" / "runs.tsv").read().splitlines()
     assert len(tsv) == 1 + 2 * (2 + 4)  # header; per level: the start and 2 runs, each on 2 test sets
-    run = next(r for r in res["results"] if r["arm"] == "probe" and r["level"] == 1)
-    assert "--lam" in run["flags"] and "task-ext1" in run["flags"]
+    run = next(r for r in res["results"] if r["arm"] == "probe" and r["level"] == 7)
+    assert "--lam" in run["flags"] and "task-7" in run["flags"]
     assert all(t["n_problems"] == 20 for t in run["tests"].values())
 
     other = next(a for a in claim.ARMS if a not in arms)
-    more = run_claim(monkeypatch, tmp_path, "--level", "1", "--arms", other, "--keep", "--test_seed", "5")
+    more = run_claim(monkeypatch, tmp_path, "--level", "7", "--arms", other, "--keep", "--test_seed", "5")
     assert [h["runs"] for h in more["history"]] == [4, 1]  # only the new arm trained; nothing dropped
     assert len(more["results"]) == 5
     for r in more["results"]:  # every run, old or new, scored on the new test seed; old scores kept
-        assert "level@5" in r["tests"] and (r["arm"] == other or "level@100" in r["tests"])
-    assert all("level@5" in s["tests"] and "level@100" in s["tests"] for s in more["starts"].values())
+        assert "level@5" in r["tests"] and (r["arm"] == other or "level@0" in r["tests"])
+    assert all("level@5" in s["tests"] and "level@0" in s["tests"] for s in more["starts"].values())
     first = json.load(open(tmp_path / "out" / "claim.json"))
     md = open(tmp_path / "out" / "claim.md").read()
     monkeypatch.setattr(sys, "argv", ["claim.py", "--quick", "--report", "--out", str(tmp_path / "out")])
@@ -75,19 +68,6 @@ def test_claim_refuses_an_unknown_arm(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as e:
         claim.main()
     assert e.value.code == 2
-
-
-def test_levels_sound_checks_every_reasoning_line():
-    """experiments/levels.py's step-by-step check: every reference solution is sound; a verified answer reached
-    through wrong lines (a hint revealed the last line) is not."""
-    import data
-    import levels
-    for name in ("task-ext0", "task-ext1"):
-        assert all(levels.sound(it["question"], data.format_response(it)) for it in data.task_level(name, "rl")[:200])
-    q = "Tom has 5 apples. First he finds 2, second loses 3, third gets 3, fourth gives 2. How many apples now?"
-    assert levels.sound(q, "first: 5+2=7\nsecond: 7-3=4\nthird: 4+3=7\nfourth: 7-2=5\n</reasoning>\\boxed{5}")
-    assert not levels.sound(q, "first: 0+2=7\nsecond: 4-3=4\nthird: 4+3=1\nfourth: 7-2=5\n</reasoning>\\boxed{5}")
-    assert not levels.sound(q, "first: 5+2=7\nsecond: 7-3=4\nthird: 4+3=7\n</reasoning>\\boxed{7}")  # a step missing
 
 
 @pytest.mark.parametrize("df,table", [(1, 12.706), (2, 4.303), (5, 2.571), (10, 2.228), (11, 2.201), (20, 2.086),
@@ -127,10 +107,10 @@ def test_run_stats_by_hand():
         rows.append(dict(step=2 * i + 1, acc=acc, all_wrong_before=0.1 * i, all_wrong_after=0.05 * i, spent=1 + i,
                          t_rollout=10.0, t_inpaint=float(i), kl=0.01 * i, clip_frac=0.1))
         rows.append(dict(step=2 * i + 2, kl=0.03 * i, clip_frac=0.3))
-    tests = {"level@7": dict(accuracy=0.4, by_range={"in": 0.6, "out": 0.2}), "task": dict(accuracy=0.55)}
+    tests = {"level@7": dict(accuracy=0.4, sound_accuracy=0.3), "task": dict(accuracy=0.55, sound_accuracy=0.5)}
     got = claim.run_stats(dict(rows=rows, tests=tests), 7)
-    want = dict(test=0.4, std_test=0.55, aw_before=0.2, aw_after=0.1, spent=3.0, acc_first=0.125, acc_last=0.875,
-                rollout_s=12.0, kl=0.04, clip=0.2, range_in=0.6, range_out=0.2)
+    want = dict(test=0.4, sound=0.3, std_test=0.55, std_sound=0.5, aw_before=0.2, aw_after=0.1, spent=3.0,
+                acc_first=0.125, acc_last=0.875, rollout_s=12.0, kl=0.04, clip=0.2)
     assert got.keys() == want.keys() and all(got[k] == pytest.approx(v) for k, v in want.items()), got
 
 
@@ -140,23 +120,23 @@ def test_score_never_resumes_from_rows_of_another_policy(tmp_path):
     import data
     ck, out, args = save_tiny_task_model(tmp_path / "ck"), tmp_path / "run", SimpleNamespace(quick=True, code="c")
     out.mkdir()
-    sets = {"level@100": data.task_level("task-ext0", "test", 100), "task": data.task_splits()["test"]}
+    sets = {"level@0": data.task_level("task-4", "test"), "task": data.task_level("task", "test")}
 
     def killed_scoring():  # what a scoring killed mid-way leaves: part rows, no finished file
         for key, items in sets.items():
             os.remove(out / f"eval-{key}.jsonl")
             with open(out / f"eval-{key}.jsonl.rank0.part", "w") as f:
-                f.writelines(json.dumps(dict(id=it["id"], sample=0, correct=True, format=1.0)) + "\n"
+                f.writelines(json.dumps(dict(id=it["id"], sample=0, correct=True, format=1.0, sound=True)) + "\n"
                              for it in items[:claim.QUICK_TEST])
 
-    first = claim.score(ck, 0, 100, args, str(out))
-    assert first["level@100"]["accuracy"] < 1 and first["task"]["accuracy"] < 1  # a random tiny model
+    first = claim.score(ck, 4, 0, args, str(out))
+    assert first["level@0"]["accuracy"] < 1 and first["task"]["accuracy"] < 1  # a random tiny model
     killed_scoring()  # the same policy: its own rows are resumed
-    assert all(t["accuracy"] == 1 for t in claim.score(ck, 0, 100, args, str(out)).values())
+    assert all(t["accuracy"] == 1 for t in claim.score(ck, 4, 0, args, str(out)).values())
     killed_scoring()
     save_tiny_task_model(tmp_path / "ck", seed=1)  # a retrain into the same folder
-    again = claim.score(ck, 0, 100, args, str(out))
-    assert again["level@100"]["accuracy"] < 1 and again["task"]["accuracy"] < 1
+    again = claim.score(ck, 4, 0, args, str(out))
+    assert again["level@0"]["accuracy"] < 1 and again["task"]["accuracy"] < 1
 
 
 def test_a_rerun_is_bit_for_bit_and_keep_reuses_only_runs_of_the_same_code(tmp_path, monkeypatch, capsys):
@@ -174,14 +154,14 @@ def test_a_rerun_is_bit_for_bit_and_keep_reuses_only_runs_of_the_same_code(tmp_p
     assert stale["history"][-1]["runs"] == 0 and stale["results"][0] == first
     capsys.readouterr()
     again = run_claim(monkeypatch, tmp_path, "--arms", claim.REFERENCE, "--keep")
-    assert f"task-ext0 {claim.REFERENCE} seed 0: the code changed since it ran" in capsys.readouterr().out
+    assert f"{claim.level_name(data.TASK_MAIN)} {claim.REFERENCE} seed 0: the code changed since it ran" in capsys.readouterr().out
     assert [h["runs"] for h in again["history"]] == [1, 0, 0, 1] and again["history"][-1]["code"] == "0" * 16
     rerun = again["results"][0]
     assert rerun["code"] == "0" * 16 and rerun["tests"] == first["tests"]
     untimed = lambda rows: [{k: v for k, v in r.items() if not k.startswith("t_")} for r in rows]  # noqa: E731
     assert untimed(rerun["rows"]) == untimed(first["rows"]) and len(first["rows"]) == 2
     md = open(tmp_path / "out" / "claim.md").read()  # one level, one arm: no dose-response, and it says why
-    assert "Nothing to show: it needs" in md and "| arm | task-ext0 (all-wrong" not in md
+    assert "Nothing to show: it needs" in md and f"| arm | {claim.level_name(data.TASK_MAIN)} (all-wrong" not in md
     assert not (tmp_path / "out" / "dose.png").exists()
     assert "1 run," in md and "1 runs" not in md
 

@@ -7,6 +7,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import data
 import eval as ev  # noqa: E402
 import model  # noqa: E402
 
@@ -48,9 +49,12 @@ def test_evaluate_in_memory(tiny_model, tiny_tokenizer):
 
 def test_protocol_defaults():
     assert ev.protocol("gsm8k") == dict(gen_length=256, block_length=32, steps=128, temperature=0.0, samples=1,
-                                        remasking="low_confidence", prefill="<reasoning>")
+                                        remasking="low_confidence", prefill="<reasoning>", threshold=None)
     amc = ev.protocol("amc23", gen_length=512)
     assert (amc["temperature"], amc["samples"], amc["steps"]) == (0.1, 16, 256)
+    task = ev.protocol("task-6")  # the task decodes with a confidence threshold (data.TASK_SAMPLING); 0 turns it off
+    assert task["threshold"] == data.TASK_SAMPLING["threshold"] and task["prefill"] == ""
+    assert ev.protocol("task", threshold=0)["threshold"] is None and ev.protocol("task", threshold=0.5)["threshold"] == 0.5
 
 
 @needs_data

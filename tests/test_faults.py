@@ -338,7 +338,7 @@ def test_sft_batch_not_divisible_is_a_usage_error(tmp_path, capsys):
 def test_items_without_a_reference_trace_are_not_inpainted_and_counted(task_ckpt):
     cfg = launch.parse_config(igpo.Config, igpo.PRESETS, ["--model", task_ckpt, *IGPO])
     pol, tok = M.load(task_ckpt)
-    items = [dict(it) for it in data.task_splits()["rl"][:4]]
+    items = [dict(it) for it in data.task_level("task", "rl")[:4]]
     items[1]["solution"] = items[3]["solution"] = None
     b = igpo.make_batch(pol, None, tok, items, data.task_messages, cfg, 0, 0, torch.device("cpu"), {})
     wrong = igpo.all_wrong(b.correct_policy, cfg.G)

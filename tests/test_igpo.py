@@ -149,9 +149,9 @@ def _grads_after_update(cfg, b, pol, j=0):
 
 def _batch(task_ckpt, cfg):
     pol, tok = M.load(task_ckpt)
-    items = data.task_splits()["rl"][:cfg.prompts_per_step]
+    items = data.task_level("task", "rl")[:cfg.prompts_per_step]
     b = igpo.make_batch(pol, None, tok, items, data.task_messages, cfg, 0, 0, torch.device("cpu"), {})
-    return pol, b, igpo.batch_stats(b, cfg)
+    return pol, b, igpo.batch_stats(b, cfg, tok, items)
 
 
 def test_update_does_not_depend_on_micro_batches_and_old_uses_same_masks(task_ckpt):
@@ -193,7 +193,7 @@ def test_all_equal_group_contributes_exactly_zero_gradient(task_ckpt):
 
 def test_reference_trace_excludes_the_final_answer():
     tok = data.task_tokenizer()
-    item = data.task_splits()["rl"][0]
+    item = data.task_level("task", "rl")[0]
     ids, start = igpo.inpaint.reference_trace(tok, data.format_response(item))
     assert tok.decode(ids[start:]).startswith("\\boxed") and "\\boxed" not in tok.decode(ids[:start])
 
@@ -367,7 +367,7 @@ def test_trajectory_update_is_micro_batch_invariant_and_on_policy_at_first(task_
     cfg = small_cfg(task_ckpt, logp="trajectory", logp_group=2, beta=0.01)
     pol, tok = M.load(task_ckpt)
     ref, _ = M.load(task_ckpt)
-    items = data.task_splits()["rl"][:cfg.prompts_per_step]
+    items = data.task_level("task", "rl")[:cfg.prompts_per_step]
     b = igpo.make_batch(pol, ref, tok, items, data.task_messages, cfg, 0, 0, torch.device("cpu"), {})
     b.adv = torch.linspace(-1, 1, len(b.adv))
     g8 = _grads_after_update(cfg, b, pol, j=1)
@@ -438,7 +438,7 @@ def test_reward_text_stops_at_the_first_eos_unless_post_eos(task_ckpt):
 def test_max_prompt_keeps_the_last_prompt_tokens(task_ckpt):
     """--max_prompt N (O: max_prompt_length 600, left truncation): the rollouts see the last N prompt tokens."""
     pol, tok = M.load(task_ckpt)
-    items = data.task_splits()["rl"][:2]
+    items = data.task_level("task", "rl")[:2]
     full, _ = M.encode_chat(tok, [data.task_messages(it["question"]) for it in items for _ in range(4)])
     b = igpo.roll_out(pol, tok, items, data.task_messages, small_cfg(task_ckpt, max_prompt=12), 0, 0,
                       torch.device("cpu"))
@@ -528,8 +528,34 @@ def test_rollouts_do_not_depend_on_the_rank_layout(task_ckpt):
     rank (first = 0) as when it is the first prompt of another rank (first = 1)."""
     cfg = small_cfg(task_ckpt, temperature=1.0)
     pol, tok = M.load(task_ckpt)
-    items = data.task_splits()["rl"][:2]
+    items = data.task_level("task", "rl")[:2]
     both = igpo.roll_out(pol, tok, items, data.task_messages, cfg, 0, 0, torch.device("cpu"))
     second = igpo.roll_out(pol, tok, items[1:], data.task_messages, cfg, 0, 1, torch.device("cpu"))
     assert torch.equal(both.comp[cfg.G:], second.comp)
     assert len({tuple(r) for r in second.comp.tolist()}) > 1  # each rollout of the group has its own seed
+
+
+def test_sound_rates_by_hand():
+    """igpo logs sound_acc (on-policy rollouts right with every line right; replaced rows are not on-policy) and
+    sound_replaced (of the replacements): 2 prompts x G 2, hand-made completions, the reward left out of soundness."""
+    tok = data.task_tokenizer()
+    q = "Tom has 5 coins. First he gets 1, second loses 3. How many coins after each step?"
+    good = "<reasoning>\nfirst: 5+1=6\nsecond: 6-3=3\n</reasoning>\n<answer>\n\\boxed{63}\n</answer><|endoftext|>"
+    bad = good.replace("6-3=3", "6-2=4").replace("{63}", "{64}")
+    lucky = good.replace("6-3=3", "6-2=3")  # a wrong line, a right box
+    texts = [good, lucky, bad, good]  # rows 0-1: prompt 0; rows 2-3: prompt 1 (row 3 an inpainted replacement)
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    L = max(map(len, ids))
+    comp = torch.tensor([r + [tok.eos_token_id] * (L - len(r)) for r in ids])
+    items = [dict(id="task-x-0", question=q, answer="63"), dict(id="task-x-1", question=q, answer="63")]
+    assert igpo.E.sound_rows(tok, items, comp, 2).tolist() == [True, False, False, True]
+    assert igpo.E.sound_rows(tok, [dict(id="gsm8k-0", question=q, answer="63")], comp[:2], 2) is None
+    cfg = igpo.Config(G=2)
+    correct = torch.tensor([3.0, 3.0, 0.0, 3.0])
+    b = igpo.Batch(idx=0, prompt=None, attn=None, comp=comp, order=None, correct=correct, reward=correct + 1,
+                   correct_policy=torch.tensor([3.0, 3.0, 0.0, 0.0]), hint=torch.zeros_like(comp, dtype=torch.bool),
+                   replaced=torch.tensor([False, False, False, True]))
+    b.lmask, b.ent = torch.ones_like(comp, dtype=torch.bool), [torch.zeros(comp.shape)]
+    st = igpo.summarize(igpo.batch_stats(b, cfg, tok, items), {}, "cpu")
+    assert st["acc"] == 0.5 and st["sound_acc"] == 0.25  # row 0 only: row 1's box is right, its line is not
+    assert st["sound_replaced"] == 1.0

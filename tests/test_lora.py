@@ -193,7 +193,7 @@ def test_igpo_with_lora_trains_only_the_adapter_and_uses_the_base_as_reference(t
     assert ref is None and {n for n, p in pol.named_parameters() if p.requires_grad} == {
         n for n in dict(pol.named_parameters()) if ".lora_" in n}
     base, _ = model.load(tmp_path / "base")
-    b = igpo.make_batch(pol, ref, tok, data.task_splits()["rl"][:2], data.task_messages, cfg, 0, 0,
+    b = igpo.make_batch(pol, ref, tok, data.task_level("task", "rl")[:2], data.task_messages, cfg, 0, 0,
                         torch.device("cpu"), {})
     with torch.no_grad():
         for p in pol.parameters():
