@@ -279,20 +279,18 @@ def task_level(name, split, draw=0):
     n, splits = int(m[1] or TASK_MAIN), task_splits()
     if not draw:
         return splits[f"{split}-{n}"]
-    used = {_chain(it) for items in splits.values() for it in items}
+    used = {it["solution"] for items in splits.values() for it in items}  # the solution text names the chain
+    free = (TASK_VALUES[1] - TASK_VALUES[0] + 1) * (TASK_VALUES[1] - TASK_VALUES[0]) ** n  # hi - lo moves a step
+    free -= sum(sol.count("\n") == n - 1 for sol in used)
+    if free < TASK_HELD[split][0]:
+        raise ValueError(f"{name}: {free} {n}-step chains are in no set and not in SFT, a fresh {split} needs more")
     rng, items = random.Random(f"{split}-{n}-{draw}"), []
     while len(items) < TASK_HELD[split][0]:
-        item, chain = task_problem(rng, n)
-        if chain not in used:
-            used.add(chain)
+        item = task_problem(rng, n)[0]
+        if item["solution"] not in used:
+            used.add(item["solution"])
             items.append(dict(id=f"task-{split}{draw}-{n}-{len(items)}", **item))
     return items
-
-
-def _chain(item):
-    """The chain of an item (as task_problem returns it) read back from its text."""
-    steps = re.findall(r": \d([+-])(\d)=", item["solution"])
-    return (int(re.search(r"has (\d+)", item["question"])[1]), *[x for op, k in steps for x in (op, int(k))])
 
 
 _OPS = {"gets": "+", "finds": "+", "loses": "-", "gives": "-"}

@@ -84,7 +84,7 @@ VAL_PROTOCOLS = (E.protocol("task"), E.protocol("task", threshold=0, steps=data.
 
 
 def table(rows):
-    head = "| level | " + " | ".join(c for _, c in COLUMNS) + " |\n|---" * (len(COLUMNS) + 1) + "|\n"
+    head = "| level | " + " | ".join(c for _, c in COLUMNS) + " |\n" + "|---" * (len(COLUMNS) + 1) + "|\n"
     return head + "".join(f"| {r['level']} | " + " | ".join(f"{r[k]:.3f}" for k, _ in COLUMNS) + " |\n"
                           for r in rows)
 
@@ -114,13 +114,17 @@ def main():
         rows.append(dict(level=name, groups=args.prompts, counts=dict(hinted=hinted, resampled=resampled),
                          **properties(hinted, resampled, val, val2, args.prompts, const)))
         print(json.dumps(rows[-1]), flush=True)
+        write(args, rows, time.time() - t0)  # after every level: a stopped run keeps what it measured
+
+
+def write(args, rows, wall_s):
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "levels.json"), "w") as f:
-        json.dump(dict(args=vars(args), rows=rows, wall_s=time.time() - t0), f, indent=1)
+        json.dump(dict(args=vars(args), rows=rows, wall_s=wall_s), f, indent=1)
     with open(os.path.join(args.out, "levels.md"), "w") as f:
         f.write(f"# Difficulty levels at the SFT start\n\n`python experiments/levels.py {' '.join(sys.argv[1:])}` "
-                f"({(time.time() - t0) / 60:.1f} min). Start `{args.model}`; {args.prompts} RL-split prompts per "
-                f"level (seed {args.seed}'s data order) x G 8 with the task preset's sampler and reward rule; val "
+                f"({wall_s / 60:.1f} min, {len(rows)} levels). Start `{args.model}`; {args.prompts} RL-split prompts "
+                f"per level (seed {args.seed}'s data order) x G 8 with the task preset's sampler and reward rule; val "
                 f"greedy on the level's first {args.val} val problems. Sound: every reasoning line right "
                 f"(data.task_sound; the reward checks only the box).\n\n{table(rows)}")
     print(f"-> {args.out}/levels.md")

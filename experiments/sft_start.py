@@ -28,10 +28,14 @@ import model as M  # noqa: E402
 import sft  # noqa: E402
 
 OUT = os.path.join(ROOT, "experiments", "results", "sft_start")
-RECIPES = {  # name: (why, SFT weights of chain lengths 1..7, sft.py flags)
+RECIPES = {  # name: (why, SFT weights of chain lengths 1..7, sft.py flags); docs/task.md says what each gave
     "rare-long-1.5k": ("lengths 1-5 alike, 6 and 7 rarely (0.2, 0.1): a step kind SFT saw rarely", (1, 1, 1, 1, 1, .2, .1),
                        ["--steps", "1500"]),
     "uniform-1.5k": ("every length 1-7 alike", (1, 1, 1, 1, 1, 1, 1), ["--steps", "1500"]),
+    "rare-long-4k": ("rare-long given 4000 steps: sft.py's task preset, the committed start", (1, 1, 1, 1, 1, .2, .1),
+                     ["--steps", "4000"]),
+    "rare-long-8k": ("rare-long given 8000 steps (at 4000 the loss still fell and the facts were not learned)",
+                     (1, 1, 1, 1, 1, .2, .1), ["--steps", "8000"]),
 }
 
 

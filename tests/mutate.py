@@ -41,6 +41,7 @@ class Mutant:
     note: str = ""    # why a surviving mutant is acceptable (required when it survives)
 
 
+TASK = "tests/test_task.py"
 IG, INP, SMP, MOD, SFT, REW, LAU, EV, CL = ("tests/test_igpo.py", "tests/test_inpaint.py", "tests/test_sample.py",
                                             "tests/test_model.py", "tests/test_sft.py", "tests/test_reward.py",
                                             "tests/test_launch.py", "tests/test_eval.py", "tests/test_claim.py")
@@ -207,6 +208,21 @@ MUTANTS = [
            "bit_for_bit"),
     Mutant("the code hash covers every top-level module", "experiments/claim.py",
            'glob.glob(os.path.join(ROOT, "*.py"))', 'glob.glob(os.path.join(ROOT, "igpo.py"))', CL, "code_hash"),
+    Mutant("no rescue anywhere: the empty results live on the training device (issue 27, point 9)", "igpo.py",
+           "no = torch.zeros(0, L, dtype=torch.long, device=prompt_ids.device)",
+           "no = torch.zeros(0, L, dtype=torch.long)", "tests/test_device_mixing.py", "igpo_step"),
+    Mutant("task soundness: a line's operand is the question's", "data.py", "or int(n) != n_q or", "or", TASK,
+           "sound"),
+    Mutant("task soundness: a line starts from the previous value", "data.py", "if int(a) != value or op", "if op",
+           TASK, "sound"),
+    Mutant("task soundness: only the reasoning block counts", "data.py", 'text.split("</reasoning>")[0]', "text",
+           TASK, "sound"),
+    Mutant("task held out: SFT avoids every held-out chain", "data.py", "while chain is None or chain in held:",
+           "while chain is None:", TASK, "disjoint"),
+    Mutant("task answer: every step's result", "data.py", 'answer = "".join(line.rsplit("=", 1)[1] for line in lines)',
+           'answer = lines[-1].rsplit("=", 1)[1]', TASK, "traces or guessed"),
+    Mutant("sound_acc: replaced rows are not on-policy", "igpo.py", "(ok & (b.correct_policy > 0) & ~b.replaced)",
+           "(ok & (b.correct > 0))", IG, "sound_rates"),
 ]
 
 

@@ -34,10 +34,10 @@ def test_claim_levels_arms_keep_test_seed_and_report(tmp_path, monkeypatch):
     save_tiny_task_model(tmp_path / "ck")
     monkeypatch.setitem(claim.ARMS, "probe", ["--lam", "0.25"])  # a forked ablation: one line in ARMS
     arms = [claim.REFERENCE, "probe"]
-    res = run_claim(monkeypatch, tmp_path, "--level", "4,7", "--arms", ",".join(arms))
-    assert sorted((r["level"], r["arm"]) for r in res["results"]) == sorted((lv, a) for lv in (4, 7) for a in arms)
+    res = run_claim(monkeypatch, tmp_path, "--level", "5,7", "--arms", ",".join(arms))
+    assert sorted((r["level"], r["arm"]) for r in res["results"]) == sorted((lv, a) for lv in (5, 7) for a in arms)
     md = open(tmp_path / "out" / "claim.md").read()
-    for lv in ("task-4", "task-7"):
+    for lv in ("task-5", "task-7"):
         assert f"## Level {lv}" in md and (tmp_path / "out" / f"claim-{lv}.png").exists() == PLOTS
     assert md.count("| probe | 1 | ") == 2 and f"- {claim.REFERENCE} − probe, level test: " in md
     assert (tmp_path / "out" / "dose.png").exists() == PLOTS and f"| {claim.REFERENCE} − probe | " in md

@@ -139,3 +139,16 @@ def test_task_preset_fits_the_sampling_window():
     pairs = sft.tokenize_pairs(longest, tok, cfg, log=lambda *a: None)
     assert len(pairs) == len(longest)  # nothing over max_len: every response (+ EOT) fits the window
     assert max(len(p) for p, _ in pairs) + cfg.resp_len <= data.TASK_MODEL["max_sequence_length"]
+
+
+def test_a_fresh_draw_is_held_out_too():
+    """draw k > 0 (claim.py --test_seed k): a new set of the split's size and length, outside every set and SFT;
+    a level whose unused chains cannot fill it is an error, not an endless loop (4 steps: SFT uses nearly all)."""
+    s = data.task_splits()
+    fresh = data.task_level("task-6", "test", draw=3)
+    taken = {chain(it) for items in s.values() for it in items}
+    assert len(fresh) == len(s["test-6"]) and len({chain(it) for it in fresh}) == len(fresh)
+    assert all(len(chain(it)) == 7 for it in fresh) and not {chain(it) for it in fresh} & taken
+    assert fresh == data.task_level("task-6", "test", draw=3) != data.task_level("task-6", "test", draw=4)
+    with pytest.raises(ValueError, match="fresh test"):
+        data.task_level("task-4", "test", draw=1)
