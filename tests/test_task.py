@@ -91,6 +91,8 @@ RIGHT = "<reasoning>\nfirst: 5+1=6\nsecond: 6-3=3\nthird: 3+2=5\n</reasoning>\n<
     (RIGHT.replace("6-3=3", "6-3=2"), False),                      # one wrong result
     (RIGHT.replace("second: 6-3=3", "second: 6-2=4"), False),      # a wrong operand
     (RIGHT.replace("third: 3+2=5", "third: 4+1=5"), False),        # right result from the wrong previous value
+    (RIGHT.replace("third: 3+2=5", "third: 4+2=5"), False),        # only the previous value wrong
+    (RIGHT.replace("second: 6-3=3", "second: 6-2=3"), False),      # only the operand wrong (the result is right)
     (RIGHT.replace("second: 6-3=3\n", ""), False),                 # a missing line
     (RIGHT.replace("third: 3+2=5\n", "third: 3+2=5\nfourth: 5-1=4\n"), False),  # an extra line
     (RIGHT.replace("third: 3+2=5\n", "").replace("\\boxed{635}", "third: 3+2=5 \\boxed{635}"), False),  # a line
