@@ -212,8 +212,8 @@ TASK_HELD = {"test": (500, 3), "val": (300, 4), "rl": (1000, 2)}  # per level: s
 TASK_MODEL = dict(d_model=128, n_layers=4, n_heads=4, n_kv_heads=4, mlp_hidden_size=384, rope_theta=10000.0,
                   max_sequence_length=160)  # plus the ids and vocab size from the task tokenizer
 TASK_SAMPLING = dict(gen_length=80, block_length=8, steps=40, temperature=1.2, threshold=0.9)  # a response is <= 77
-# tokens. Fast-dLLM's confidence threshold, not the paper's 2 tokens per step: at 2 a step the start committed a
-# line's result beside its operand and reasoned soundly on 9% of val problems, at 0.9 on 82% in fewer forwards
+# tokens. Fast-dLLM's confidence threshold, not the paper's 2 tokens per step, which commits a line's result beside
+# its operand: the previous task's start was sound on 9% of val at 2 a step, 82% at 0.9, in fewer forwards (task.md)
 TASK_HINT_RESERVE = 8  # inpaint.build_hints(reserve=...): the window's last 8 slots stay free for the answer
 
 
