@@ -390,10 +390,15 @@ def test_group_loss_norm_equals_an_independent_transcription_of_the_official_per
     eos = pol.config.eos_token_id
     b.comp[1, 6] = eos
     b.comp[5, 3] = eos  # tokens after these are out of the loss
+    b.comp[2] = torch.where(b.comp[2] == eos, eos - 1, b.comp[2])  # row 2: no EOS at all (the random model's)
+    b.comp[6, :9] = torch.where(b.comp[6, :9] == eos, eos - 1, b.comp[6, :9])
+    b.comp[6, 9] = eos  # row 6's hints 10, 11 lie after its EOS: out of the loss, and not filter candidates
     b.lmask = igpo.loss_mask(b.comp, eos, False)
     b.hint[:] = False
-    b.hint[2, 1:5] = True
-    b.hint[6, 8:12] = True  # a hinted row in each group: the filter keeps 2 of its 4 hint tokens
+    b.hint[2, 1:5] = True  # a hinted row in each group: of n candidates the filter keeps max(1, floor(n / 2))
+    b.hint[6, 8:12] = True
+    b.ent[0][6, 8:12] = torch.tensor([0.1, 0.2, 0.9, 0.8])  # candidates 8, 9 keep 9; all four would keep 10, 11
+    assert b.lmask[2, 1:5].all() and b.lmask[6, 8:10].all() and not b.lmask[6, 10:].any()
     b.adv = torch.tensor([1.5, -0.5, -0.5, -0.5, 2.0, 0.0, -1.0, -1.0])
     g = torch.Generator().manual_seed(0)
     b.old = [o + 0.3 * torch.randn(o.shape, generator=g) for o in b.old]  # ratios away from 1: some clip
