@@ -60,7 +60,8 @@ class DeviceCheck(TorchFunctionMode):
 
     def report(self, op, what):
         lines = [f"{os.path.relpath(f.filename, ROOT)}:{f.lineno}" for f in traceback.extract_stack()
-                 if f.filename.startswith(ROOT) and f.filename != __file__]  # the repo's lines, outermost first
+                 if f.filename.startswith(ROOT) and f.filename != __file__ and "site-packages" not in f.filename]
+        # the repo's lines, outermost first (CI's virtualenv lives inside the repo: its packages are not the repo's)
         where = list(dict.fromkeys(lines))[-2:]  # the caller and the line (a comprehension's frame repeats a line)
         self.found.append(f"{' > '.join(where)}: {op}: {what}")
 
