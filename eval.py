@@ -15,8 +15,9 @@ Launch:  python eval.py                              # embedded task: checkpoint
          python eval.py --preset paper --model DIR   # GSM8K, MATH500, AMC23 on one device
          torchrun --nproc_per_node=8 eval.py --preset paper --model DIR --gen_length 512
 Output (OUT = --out_dir): OUT/{bench}.jsonl, one row per (problem, sample): id, sample, prompt, completion,
-extracted, gold, correct, format, sound (task: every reasoning line right); OUT/{bench}.summary.json: accuracy, ci95, n, settings, model. Resumable: rows
-already in OUT/{bench}.jsonl, or in a crashed run's OUT/{bench}.jsonl.rank*.part, are not generated again.
+extracted, gold, correct, format, sound (task: every reasoning line right); OUT/{bench}.summary.json: accuracy,
+ci95, sound_accuracy and sound_ci95 (task), n, settings, model. Resumable: rows already in OUT/{bench}.jsonl, or in
+a crashed run's OUT/{bench}.jsonl.rank*.part, are not generated again.
 """
 import glob
 import json

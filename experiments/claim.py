@@ -10,8 +10,9 @@ The x axis of the dose-response is the all-wrong share of the start on the level
 
 Each run trains with igpo.py's task preset (no evaluation during training, the final policy alone saved), then is
 scored greedily, in pass@1 and sound pass@1 (right with every reasoning line right), on the level's held-out test
-set (--test_seed N > 0: a fresh draw of its size) and on the standard test (`task`'s, the main level's). Paired differences are REFERENCE minus each other arm, per seed (a seed fixes
-the prompts and their order), with a Student-t 95% interval over seeds.
+set (--test_seed N > 0: a fresh draw of its size) and on the standard test (`task`'s, the main level's). Paired
+differences are REFERENCE minus each other arm, per seed (a seed fixes the prompts and their order), with a
+Student-t 95% interval over seeds.
 
 Run:  python experiments/claim.py --level 5,6,7 --arms grpo,sample_matched,igpo --seeds 0,1,2,3
       python experiments/claim.py --level 7 --arms igpo_full_hints,igpo_no_filter --seeds 0,1,2,3 --keep
