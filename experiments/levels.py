@@ -55,6 +55,20 @@ def measure(m, tok, name, n_prompts, seed, rescue, extra=()):
     return dict(out)
 
 
+def level_row(m, tok, name, prompts, seed, n_val):
+    """One level's row of the table: measure() with hints and with plain re-sampling, val greedy under both
+    VAL_PROTOCOLS, the best constant answer of its RL split, and the properties() they give."""
+    hinted = measure(m, tok, name, prompts, seed, "hints")
+    resampled = measure(m, tok, name, prompts, seed, "resample")
+    assert resampled["all_wrong"] == hinted["all_wrong"]  # the same on-policy rollouts: only the rescue differs
+    val, val2 = [E.evaluate(m, tok, data.task_level(name, "val")[:n_val or None], proto, messages=data.task_messages,
+                            batch_size=100) for proto in VAL_PROTOCOLS]
+    rl = data.task_level(name, "rl")
+    const = collections.Counter(it["answer"] for it in rl).most_common(1)[0][1] / len(rl)
+    return dict(level=name, groups=prompts, counts=dict(hinted=hinted, resampled=resampled),
+                **properties(hinted, resampled, val, val2, prompts, const))
+
+
 def properties(hinted, resampled, val, val2, groups, const):
     """The design properties of one level (names as in issue 26's list) from measure()'s counts."""
     n, w = hinted["rollouts"], hinted["all_wrong"]
@@ -104,15 +118,7 @@ def main():
     rows, t0 = [], time.time()
     for n in args.levels.split(","):
         name = f"task-{n}"
-        hinted = measure(m, tok, name, args.prompts, args.seed, "hints")
-        resampled = measure(m, tok, name, args.prompts, args.seed, "resample")
-        assert resampled["all_wrong"] == hinted["all_wrong"]  # the same on-policy rollouts: only the rescue differs
-        val, val2 = [E.evaluate(m, tok, data.task_level(name, "val")[:args.val or None], proto,
-                                messages=data.task_messages, batch_size=100) for proto in VAL_PROTOCOLS]
-        rl = data.task_level(name, "rl")
-        const = collections.Counter(it["answer"] for it in rl).most_common(1)[0][1] / len(rl)
-        rows.append(dict(level=name, groups=args.prompts, counts=dict(hinted=hinted, resampled=resampled),
-                         **properties(hinted, resampled, val, val2, args.prompts, const)))
+        rows.append(level_row(m, tok, name, args.prompts, args.seed, args.val))
         print(json.dumps(rows[-1]), flush=True)
         write(args, rows, time.time() - t0)  # after every level: a stopped run keeps what it measured
 

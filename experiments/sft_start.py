@@ -10,7 +10,6 @@ Run:  OMP_NUM_THREADS=1 python experiments/sft_start.py --recipe NAME [--ckpt DI
       python experiments/sft_start.py --report      # the table of every measured recipe (experiments/results/)
 """
 import argparse
-import collections
 import json
 import os
 import sys
@@ -22,7 +21,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import data  # noqa: E402
-import eval as E  # noqa: E402
 import levels  # noqa: E402
 import model as M  # noqa: E402
 import sft  # noqa: E402
@@ -52,15 +50,7 @@ def run(name, ckpt, prompts, n_val):
                threads=torch.get_num_threads(), prompts=prompts, levels=[],
                command=f"OMP_NUM_THREADS={torch.get_num_threads()} python experiments/sft_start.py --recipe {name}")
     for n in data.TASK_LEVELS:
-        name_n = f"task-{n}"
-        hinted = levels.measure(m, tok, name_n, prompts, 0, "hints")
-        resampled = levels.measure(m, tok, name_n, prompts, 0, "resample")
-        val, val2 = [E.evaluate(m, tok, data.task_level(name_n, "val")[:n_val], proto, messages=data.task_messages,
-                                batch_size=100) for proto in levels.VAL_PROTOCOLS]
-        rl = data.task_level(name_n, "rl")
-        const = collections.Counter(it["answer"] for it in rl).most_common(1)[0][1] / len(rl)
-        res["levels"].append(dict(level=name_n, counts=dict(hinted=hinted, resampled=resampled),
-                                  **levels.properties(hinted, resampled, val, val2, prompts, const)))
+        res["levels"].append(levels.level_row(m, tok, f"task-{n}", prompts, 0, n_val))
         print(json.dumps(res["levels"][-1]), flush=True)
     os.makedirs(OUT, exist_ok=True)
     with open(os.path.join(OUT, f"{name}.json"), "w") as f:
