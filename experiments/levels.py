@@ -42,8 +42,7 @@ def measure(m, tok, name, n_prompts, seed, rescue, extra=()):
     for k in range(n_prompts // cfg.prompts_per_step):
         mine, first = igpo.batch_items(items, k, cfg, 0, 1)
         b = igpo.roll_out(m, tok, mine, messages, cfg, k, first, torch.device("cpu"))
-        for r, c in enumerate(b.comp):
-            right, sound = bool(b.correct[r] > 0), data.task_sound(mine[r // cfg.G]["question"], tok.decode(c))
+        for right, sound in zip((b.correct > 0).tolist(), E.sound_rows(tok, mine, b.comp, cfg.G).tolist()):
             out.update(rollouts=1, right=right, sound=sound, right_sound=right and sound)
         out["all_wrong"] += int(igpo.all_wrong(b.correct, cfg.G).sum())
         if rescue != "off":
