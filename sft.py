@@ -16,7 +16,7 @@ Deviations (paper/LLaDA = P, d1's SFT code = D):
     micro-batch), so a row is the sampler's canvas; P right-pads whole rows and uses no attention mask. RoPE is
     relative, so a left-padded row equals its unpadded row up to rounding.
  4. Full fine-tuning under FSDP2 (D: LoRA r=128 on q/k/v). Values IGPO does not state are LLaDA's SFT ones.
-Launch:  python sft.py                     # embedded task: tiny LLaDA from scratch (checkpoints/task-sft, ~40 min, 1 thread)
+Launch:  python sft.py && python sft.py --preset task-2   # the embedded task's start, checkpoints/task-sft (~80 min)
          torchrun --nproc_per_node=8 sft.py --preset paper --data runs/concise.jsonl
          python sft.py --preset paper --data math --rewrite_model PATH --rewrite_out runs/concise.jsonl
 Shapes: B batch, L padded length (P prompt + R response), V vocab.
@@ -77,14 +77,24 @@ class Config:  # a comment starting with [lo, hi] or {a|b} is the field's domain
 
 
 # The no-flag run: a 0.9M-param LLaDA from scratch on the embedded task (data.py); rows = the RL sampler's canvas.
-PRESETS = {"task": dict(data="task", model="scratch", out_dir="checkpoints/task-sft",
+# The task's start is two runs: "task" (4,000 steps), then "task-2", a warm restart from its weights at half the lr
+# (2,500 steps, a fresh AdamW): 4,000 steps alone leave val sound pass@1 at 0.02 (docs/task.md, probes).
+TASK_STAGE1 = "runs/task-sft-stage1"
+PRESETS = {"task": dict(data="task", model="scratch", out_dir=TASK_STAGE1,
                         max_len=data.TASK_SAMPLING["gen_length"], resp_len=data.TASK_SAMPLING["gen_length"],
                         steps=4000, global_batch=64, micro_batch=64, lr=2e-3, warmup=50, min_lr_ratio=0.05,
                         weight_decay=0.0, grad_ckpt=False, log_every=50, save_every=1000),
            "paper": {}}
+PRESETS["task-2"] = dict(PRESETS["task"], model=TASK_STAGE1, out_dir="checkpoints/task-sft", steps=2500, lr=1e-3)
 
 REWRITE_PROMPT = ("Rewrite this solution as concise steps, one short line each, same final answer, ending with "
                   "\\boxed{{ANSWER}}.\n\nProblem: {question}\n\nSolution: {solution}\n\nAnswer: {answer}\n\nConcise:")
+
+
+def train_task_start(out_dir):
+    """The embedded task's start in out_dir: preset "task", then "task-2" from its weights."""
+    train(parse_config([]))
+    train(parse_config(["--preset", "task-2", "--out_dir", out_dir]))
 
 
 def parse_config(argv=None):

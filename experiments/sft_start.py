@@ -5,7 +5,8 @@ the start reasons (val sound pass@1), the all-wrong share per level (G 8, the RL
 
 A recipe = the SFT mix (data.TASK_SFT_WEIGHTS: relative frequency of chain lengths 1..7) + sft.py flags; it trains
 in-process (sft.train), so the recipe equal to the shipped defaults gives the checkpoint `python sft.py` gives at
-the same thread count. The measurement is experiments/levels.py's (levels.measure, levels.properties).
+the same thread count: stage 1 of the committed start (its stage 2, `sft.py --preset task-2`, is measured by
+experiments/levels.py). The measurement is experiments/levels.py's (levels.measure, levels.properties).
 Run:  OMP_NUM_THREADS=1 python experiments/sft_start.py --recipe NAME [--ckpt DIR]   # DIR: already trained by NAME
       python experiments/sft_start.py --report      # the table of every measured recipe (experiments/results/)
 """
@@ -30,7 +31,8 @@ RECIPES = {  # name: (why, SFT weights of chain lengths 1..7, sft.py flags); doc
     "rare-long-1.5k": ("lengths 1-5 alike, 6 and 7 rarely (0.2, 0.1): a step kind SFT saw rarely", (1, 1, 1, 1, 1, .2, .1),
                        ["--steps", "1500"]),
     "uniform-1.5k": ("every length 1-7 alike", (1, 1, 1, 1, 1, 1, 1), ["--steps", "1500"]),
-    "rare-long-4k": ("rare-long given 4000 steps: sft.py's task preset, the committed start", (1, 1, 1, 1, 1, .2, .1),
+    "rare-long-4k": ("rare-long given 4000 steps: sft.py's task preset, stage 1 of the committed start",
+                     (1, 1, 1, 1, 1, .2, .1),
                      ["--steps", "4000"]),
     "rare-long-8k": ("rare-long given 8000 steps (at 4000 the loss still fell and the facts were not learned)",
                      (1, 1, 1, 1, 1, .2, .1), ["--steps", "8000"]),

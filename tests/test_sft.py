@@ -170,3 +170,17 @@ def test_rewrite_mechanics(tmp_path, monkeypatch):
     kept = sft.rewrite(sft.parse_config(args))
     assert [k["id"] for k in kept] == ["q0"] and kept[0]["solution"] == scripted[0]
     assert [json.loads(line) for line in out.read_text().splitlines()] == kept
+
+
+def test_the_task_start_is_stage_1_then_stage_2_from_its_weights(monkeypatch, tmp_path):
+    """The committed start = preset "task" from scratch, then "task-2" from stage 1's output (a warm restart at half
+    the lr, docs/task.md); igpo.py builds a missing start this way."""
+    ran = []
+    monkeypatch.setattr(sft, "train", ran.append)
+    sft.train_task_start(str(tmp_path / "start"))
+    one, two = ran
+    assert one.model == "scratch" and one.steps == 4000 and one.lr == 2e-3
+    assert two.model == one.out_dir and two.out_dir == str(tmp_path / "start")
+    assert (two.steps, two.lr) == (2500, 1e-3)
+    same = {k for k, v in vars(one).items() if getattr(two, k) == v}
+    assert set(vars(one)) - same == {"model", "out_dir", "steps", "lr"}  # the rest of the recipe is stage 1's
