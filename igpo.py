@@ -117,9 +117,9 @@ class Config:  # a comment starting with [lo, hi] or {a|b} is the field's domain
     dist_timeout: int = 1800           # [1, inf) seconds a collective may wait (a dead or hung rank) before all fail
 
 
-TASK_DEFAULT_MODEL = "checkpoints/task-sft"  # committed; `python sft.py` makes it when missing (only this path)
-PRESETS = {  # python igpo.py: the embedded task on a CPU (lr: chosen on val for the previous task, docs/history); paper: P
-    "task": dict(model=TASK_DEFAULT_MODEL, data="task", out_dir="runs/igpo-task", steps=40, prompts_per_step=16, mu=2,
+TASK_DEFAULT_MODEL = "checkpoints/task-sft"  # committed; sft.py's task presets make it when missing (this path only)
+PRESETS = {  # python igpo.py: the embedded task on a CPU (steps, lr: chosen on val, experiments/rl_settings.py); paper: P
+    "task": dict(model=TASK_DEFAULT_MODEL, data="task", out_dir="runs/igpo-task", steps=160, prompts_per_step=16, mu=2,
                  micro_batch=128, gen_length=data.TASK_SAMPLING["gen_length"], chunk=(2, 4), lr=3e-4, warmup=5,
                  block_length=data.TASK_SAMPLING["block_length"], diffusion_steps=data.TASK_SAMPLING["steps"],
                  temperature=data.TASK_SAMPLING["temperature"], fast_threshold=data.TASK_SAMPLING["threshold"],
@@ -443,8 +443,8 @@ def build(cfg, device, ckpt=None):
     if not os.path.exists(os.path.join(cfg.model, "config.json")) and cfg.model == TASK_DEFAULT_MODEL:
         if dist.is_initialized():
             raise SystemExit(f"{cfg.model} is missing: run `python sft.py` once before torchrun")
-        print(f"{cfg.model} is missing: training it with sft.py's task preset first")
-        sft.train(sft.parse_config(["--out_dir", cfg.model]))
+        print(f"{cfg.model} is missing: training it with sft.py's task presets first (task, then task-2)")
+        sft.train_task_start(cfg.model)
     state = launch.resume_state(ckpt, cfg.model)  # refuses a --model whose weights changed since the checkpoint
     policy, tok = launch.load_model(ckpt if ckpt and not cfg.lora_rank else cfg.model, device=device)
     if ckpt and cfg.lora_rank:

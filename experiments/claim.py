@@ -117,9 +117,14 @@ def score(model_dir, level, test_seed, args, out_dir):
     m, tok = M.load(model_dir)
     n = QUICK_TEST if args.quick else None
     policy = files_hash(glob.glob(os.path.join(model_dir, "*.safetensors"))) + " " + args.code  # what wrote a row
-    out = {}
+    out, done = {}, {}
     for key, items in ((f"level@{test_seed}", data.task_level(level_name(level), "test", draw=test_seed)[:n]),
                        ("task", data.task_level("task", "test")[:n])):
+        ids = tuple(it["id"] for it in items)
+        if ids in done:  # the main level's own test set is the standard test: scored once
+            out[key] = out[done[ids]]
+            continue
+        done[ids] = key
         path = os.path.join(out_dir, f"eval-{key}.jsonl")
         drop_rows_of_another(path, policy)
         res = E.evaluate(m, tok, items, E.protocol("task"), messages=data.task_messages, batch_size=128,
