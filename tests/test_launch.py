@@ -135,7 +135,7 @@ def test_paper_preset_decays_the_lr_over_the_official_horizon(monkeypatch, tmp_p
             "2", "--eval_limit", "0", "--micro_batch", "4", "--beta", "0", "--lora_rank", "0"]
     n = len(data.rl_prompts("task")[0])
     for argv, want in ((["--preset", "paper", *tiny], 10 * n * 4 / 2),  # paper: mu 4; 10 epochs, not --steps
-                       ([*tiny, "--lr_epochs", "0"], 40),  # the task preset's --steps
+                       ([*tiny, "--lr_epochs", "0"], igpo.PRESETS["task"]["steps"]),  # the task preset's --steps
                        ([*tiny, "--lr_epochs", "1.5", "--max_prompts", "100"], 100 * 1.5 * 2 / 2)):  # task: mu 2
         seen = []
         with pytest.raises(Stop):
