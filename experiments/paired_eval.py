@@ -1,0 +1,36 @@
+"""Paired difference of two evaluations of the same problems (eval.py / igpo.py per-problem JSONL rows): B - A in
+pass@1 and, on the task, sound pass@1 (right with every reasoning line right), with a 95% normal interval over
+problems, the counts gained and lost, and the share of right answers that are sound.
+
+Run:  python experiments/paired_eval.py experiments/results/main-job/eval-step-0.jsonl \
+          experiments/results/main-job/eval-step-160.jsonl
+"""
+import json
+import math
+import statistics
+import sys
+
+
+def rows(path):
+    return {r["id"]: r for r in map(json.loads, open(path))}
+
+
+def main(a_path, b_path):
+    a, b = rows(a_path), rows(b_path)
+    if set(a) != set(b):
+        raise SystemExit(f"{a_path} and {b_path} hold different problems")
+    metrics = {"pass@1": lambda r: float(bool(r["correct"])),
+               "sound pass@1": lambda r: float(bool(r["correct"] and r.get("sound")))}
+    for name, f in metrics.items():
+        d = [f(b[i]) - f(a[i]) for i in sorted(a)]
+        half = 1.96 * statistics.stdev(d) / math.sqrt(len(d))
+        before, after = statistics.mean(map(f, a.values())), statistics.mean(map(f, b.values()))
+        print(f"{name}: {before:.3f} -> {after:.3f}, paired {statistics.mean(d):+.3f} ± {half:.3f} (95%, n = {len(d)};"
+              f" {sum(x > 0 for x in d)} gained, {sum(x < 0 for x in d)} lost)")
+    for path, r in ((a_path, a), (b_path, b)):
+        right = [x for x in r.values() if x["correct"]]
+        print(f"sound / right in {path}: {sum(bool(x.get('sound')) for x in right) / max(1, len(right)):.3f}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
