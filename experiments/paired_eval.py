@@ -11,21 +11,29 @@ import statistics
 import sys
 
 
+METRICS = {"pass@1": lambda r: float(bool(r["correct"])),  # per-problem row -> score
+           "sound pass@1": lambda r: float(bool(r["correct"] and r.get("sound")))}
+
+
 def rows(path):
     return {r["id"]: r for r in map(json.loads, open(path))}
 
 
+def paired(a, b, f):
+    """B - A per problem of metric f over the same problems ({id: row} each): (mean, 95% normal half-width, the
+    per-problem differences)."""
+    if set(a) != set(b):
+        raise ValueError(f"paired: the two evaluations hold different problems ({len(set(a) ^ set(b))} differ)")
+    d = [f(b[i]) - f(a[i]) for i in sorted(a)]
+    return statistics.mean(d), 1.96 * statistics.stdev(d) / math.sqrt(len(d)), d
+
+
 def main(a_path, b_path):
     a, b = rows(a_path), rows(b_path)
-    if set(a) != set(b):
-        raise SystemExit(f"{a_path} and {b_path} hold different problems")
-    metrics = {"pass@1": lambda r: float(bool(r["correct"])),
-               "sound pass@1": lambda r: float(bool(r["correct"] and r.get("sound")))}
-    for name, f in metrics.items():
-        d = [f(b[i]) - f(a[i]) for i in sorted(a)]
-        half = 1.96 * statistics.stdev(d) / math.sqrt(len(d))
+    for name, f in METRICS.items():
+        mean, half, d = paired(a, b, f)
         before, after = statistics.mean(map(f, a.values())), statistics.mean(map(f, b.values()))
-        print(f"{name}: {before:.3f} -> {after:.3f}, paired {statistics.mean(d):+.3f} ± {half:.3f} (95%, n = {len(d)};"
+        print(f"{name}: {before:.3f} -> {after:.3f}, paired {mean:+.3f} ± {half:.3f} (95%, n = {len(d)};"
               f" {sum(x > 0 for x in d)} gained, {sum(x < 0 for x in d)} lost)")
     for path, r in ((a_path, a), (b_path, b)):
         right = [x for x in r.values() if x["correct"]]

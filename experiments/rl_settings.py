@@ -14,7 +14,6 @@ phase times.)
 """
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -24,16 +23,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import data  # noqa: E402
 import eval as E  # noqa: E402
 import launch  # noqa: E402
+import paired_eval  # noqa: E402
 
 SETTINGS = {  # name: (why, igpo.py flags on top of the task preset)
     "steps40": ("lr 3e-4 (chosen on the previous task), 40 steps: the task preset before this table",
                 ["--steps", "40"]),
     "steps80": ("twice the RL budget", ["--steps", "80"]),
     "lr1e-3": ("3x the step size, 40 steps", ["--lr", "1e-3", "--steps", "40"]),
-    "lr1e-3-steps80": ("3x the step size, twice the budget", ["--lr", "1e-3", "--steps", "80"]),
     "steps160": ("four times the RL budget: the task preset since this table", ["--steps", "160"]),
     "mu4": ("4 updates per rollout batch (O's μ): twice the optimizer steps at the preset's rollout cost",
             ["--mu", "4", "--steps", "80"]),
@@ -43,20 +43,13 @@ SETTINGS = {  # name: (why, igpo.py flags on top of the task preset)
 
 
 def score(ckpt, level, n, out_path):
-    """Per-problem (right, sound) of ckpt's greedy val completions, and the summary."""
+    """The summary of ckpt's greedy val completions and their rows ({id: row}, paired_eval.rows)."""
     import torch
     torch.set_num_threads(1)
     m, tok = launch.load_model(ckpt, device=torch.device("cpu"))
     s = E.evaluate(m, tok, data.task_level(level, "val")[:n], E.protocol("task"), out_path=out_path,
                    messages=data.task_messages, batch_size=100)
-    rows = [json.loads(line) for line in open(out_path)]
-    return s, [(bool(r["correct"]), bool(r["correct"] and r["sound"])) for r in rows]
-
-
-def paired(a, b):
-    """mean of b - a per problem and its 95% normal interval half-width."""
-    d = [y - x for x, y in zip(a, b)]
-    return statistics.mean(d), 1.96 * statistics.stdev(d) / math.sqrt(len(d))
+    return s, paired_eval.rows(out_path)
 
 
 def run(name, args, start):
@@ -75,8 +68,8 @@ def run(name, args, start):
     batches = [x for x in logged if "acc" in x]
     q = max(1, len(batches) // 4)
     res = dict(name=name, flags=flags, wall_s=round(wall), pass1=s["accuracy"], sound=s["sound_accuracy"],
-               d_pass1=paired([x[0] for x in start], [x[0] for x in rows]),
-               d_sound=paired([x[1] for x in start], [x[1] for x in rows]),
+               d_pass1=paired_eval.paired(start, rows, paired_eval.METRICS["pass@1"])[:2],
+               d_sound=paired_eval.paired(start, rows, paired_eval.METRICS["sound pass@1"])[:2],
                on_policy=[statistics.mean(x[k] for x in part) for part in (batches[:q], batches[-q:])
                           for k in ("acc", "sound_acc")])
     print(f"  {name}: val pass@1 {res['pass1']:.3f} sound {res['sound']:.3f}  d sound {res['d_sound'][0]:+.3f} "

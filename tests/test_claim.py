@@ -15,6 +15,7 @@ import data  # noqa: E402
 
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import claim  # noqa: E402
+import paired_eval  # noqa: E402
 
 PLOTS = importlib.util.find_spec("matplotlib") is not None  # plots are experiment-only: CI has no matplotlib
 
@@ -218,3 +219,17 @@ def test_help_shows_the_whole_description(script, sentence, monkeypatch, capsys)
         {"claim": claim, "plot_runs": plot_runs}[script].main()
     assert e.value.code == 0
     assert sentence in " ".join(capsys.readouterr().out.split())
+
+
+def test_paired_eval_by_hand():
+    """B - A per problem, matched by id whatever the row order: sound pass@1 counts a right answer only when its
+    chain is sound. Right: A 1,0,1,0 -> B 1,1,1,1 (d 0,1,0,1); sound pass@1: A 0,0,1,0 -> B 1,0,1,0 (d 1,0,0,0)."""
+    row = lambda i, c, s: dict(id=f"p{i}", correct=c, sound=s)  # noqa: E731
+    a = {r["id"]: r for r in [row(0, True, False), row(1, False, True), row(2, True, True), row(3, False, False)]}
+    b = {r["id"]: r for r in [row(3, True, False), row(2, True, True), row(1, True, False), row(0, True, True)]}
+    mean, half, d = paired_eval.paired(a, b, paired_eval.METRICS["pass@1"])
+    assert d == [0, 1, 0, 1] and mean == 0.5 and half == pytest.approx(1.96 * math.sqrt(1 / 3) / 2)
+    mean, half, d = paired_eval.paired(a, b, paired_eval.METRICS["sound pass@1"])
+    assert d == [1, 0, 0, 0] and mean == 0.25 and half == pytest.approx(1.96 * 0.5 / 2)  # stdev of 1,0,0,0: 0.5
+    with pytest.raises(ValueError, match="different problems"):
+        paired_eval.paired(a, {k: v for k, v in b.items() if k != "p3"}, paired_eval.METRICS["pass@1"])
