@@ -16,7 +16,7 @@ Deviations (paper/LLaDA = P, d1's SFT code = D):
     micro-batch), so a row is the sampler's canvas; P right-pads whole rows and uses no attention mask. RoPE is
     relative, so a left-padded row equals its unpadded row up to rounding.
  4. Full fine-tuning under FSDP2 (D: LoRA r=128 on q/k/v). Values IGPO does not state are LLaDA's SFT ones.
-Launch:  python sft.py && python sft.py --preset task-2   # the embedded task's start, checkpoints/task-sft (~80 min)
+Launch:  python sft.py && python sft.py --preset task-2 && python sft.py --preset task-3   # the task's start (~100 min)
          torchrun --nproc_per_node=8 sft.py --preset paper --data runs/concise.jsonl
          python sft.py --preset paper --data math --rewrite_model PATH --rewrite_out runs/concise.jsonl
 Shapes: B batch, L padded length (P prompt + R response), V vocab.
@@ -40,7 +40,7 @@ import sample
 
 @dataclass
 class Config:  # a comment starting with [lo, hi] or {a|b} is the field's domain, checked at start-up (launch.domain)
-    data: str = "math"               # "task" (embedded SFT split) | "math" (GSM8K + MATH train) | x.jsonl | hub id
+    data: str = "math"               # task[:w1,..,w7] (embedded SFT, lengths 1..7 mixed) | math (GSM8K+MATH) | x.jsonl | hub
     model: str = "GSAI-ML/LLaDA-8B-Instruct"  # HF-format dir / hub id to fine-tune; "scratch" = data.TASK_MODEL
     out_dir: str = "checkpoints/sft"  # checkpoint dir (HF format + optim.pt + trainer_state.json)
     max_len: int = 1024              # [1, inf) response tokens kept, EOT included (paper: concise traces <= ~1k)
@@ -77,24 +77,28 @@ class Config:  # a comment starting with [lo, hi] or {a|b} is the field's domain
 
 
 # The no-flag run: a 0.9M-param LLaDA from scratch on the embedded task (data.py); rows = the RL sampler's canvas.
-# The task's start is two runs: "task" (4,000 steps), then "task-2", a warm restart from its weights at half the lr
-# (2,500 steps, a fresh AdamW): 4,000 steps alone leave val sound pass@1 at 0.02 (docs/task.md, probes).
-TASK_STAGE1 = "runs/task-sft-stage1"
-PRESETS = {"task": dict(data="task", model="scratch", out_dir=TASK_STAGE1,
+# The task's start is three runs, each a warm restart from the last one's weights with a fresh AdamW: "task" (4,000
+# steps), "task-2" (2,500 at half the lr), "task-3" (1,500 at a quarter, 6- and 7-step chains 5x as often): each
+# stage alone leaves the start short (val sound pass@1 0.02, then right => sound 71% at 5 steps; docs/task.md).
+TASK_STAGES = ("runs/task-sft-stage1", "runs/task-sft-stage2", "checkpoints/task-sft")
+PRESETS = {"task": dict(data="task", model="scratch", out_dir=TASK_STAGES[0],
                         max_len=data.TASK_SAMPLING["gen_length"], resp_len=data.TASK_SAMPLING["gen_length"],
                         steps=4000, global_batch=64, micro_batch=64, lr=2e-3, warmup=50, min_lr_ratio=0.05,
                         weight_decay=0.0, grad_ckpt=False, log_every=50, save_every=1000),
            "paper": {}}
-PRESETS["task-2"] = dict(PRESETS["task"], model=TASK_STAGE1, out_dir="checkpoints/task-sft", steps=2500, lr=1e-3)
+PRESETS["task-2"] = dict(PRESETS["task"], model=TASK_STAGES[0], out_dir=TASK_STAGES[1], steps=2500, lr=1e-3)
+PRESETS["task-3"] = dict(PRESETS["task"], data="task:1,1,1,1,1,1,0.5", model=TASK_STAGES[1], out_dir=TASK_STAGES[2],
+                         steps=1500, lr=5e-4)
 
 REWRITE_PROMPT = ("Rewrite this solution as concise steps, one short line each, same final answer, ending with "
                   "\\boxed{{ANSWER}}.\n\nProblem: {question}\n\nSolution: {solution}\n\nAnswer: {answer}\n\nConcise:")
 
 
 def train_task_start(out_dir):
-    """The embedded task's start in out_dir: preset "task", then "task-2" from its weights."""
+    """The embedded task's start in out_dir: presets "task", "task-2", "task-3", each from the last one's weights."""
     train(parse_config([]))
-    train(parse_config(["--preset", "task-2", "--out_dir", out_dir]))
+    train(parse_config(["--preset", "task-2"]))
+    train(parse_config(["--preset", "task-3", "--out_dir", out_dir]))
 
 
 def parse_config(argv=None):
@@ -126,8 +130,8 @@ def sft_loss(model, input_ids, prompt_len, *, mask_id, attention_mask=None, eps=
 
 def load_items(spec, split="train"):
     """Items with keys question, answer, solution (the format of data.py's loaders), or prompt/response."""
-    if spec == "task":
-        return data.task_splits()["sft"]
+    if spec == "task" or spec.startswith("task:"):  # task:w1,..,w7: relative frequency of chain lengths 1..7
+        return data.task_splits(tuple(float(w) for w in spec[5:].split(",")) if ":" in spec else None)["sft"]
     if spec == "math":
         return data.load_split("gsm8k", "train") + data.load_split("math", "train")
     if spec.endswith(".jsonl"):  # errors name the file, the line and the missing field
@@ -142,7 +146,7 @@ def tokenize_pairs(items, tokenizer, cfg, log=print):
     pairs, n_long = [], 0
     for item in items[:cfg.max_samples or None]:
         msgs = ([{"role": "user", "content": item["prompt"]}] if "prompt" in item else
-                (data.task_messages if cfg.data == "task" else data.build_messages)(item["question"]))
+                (data.task_messages if cfg.data.split(":")[0] == "task" else data.build_messages)(item["question"]))
         prompt = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
         full = tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": data.format_response(item)}],
                                              tokenize=False)

@@ -85,7 +85,7 @@ def same_tokens(pairs):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--ckpt", default="checkpoints/task-sft", help="model and tokenizer (sft.py: presets task, task-2)")
+    p.add_argument("--ckpt", default="checkpoints/task-sft", help="model and tokenizer (sft.py: presets task, task-2, task-3)")
     p.add_argument("--width", type=int, default=0, help="0: the checkpoint's weights; D: random-init width D")
     p.add_argument("--layers", type=int, default=4, help="layers of the random-init model (--width > 0)")
     p.add_argument("--n", type=int, default=32, help="rollouts per shape and variant (one generate() call)")

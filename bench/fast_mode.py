@@ -80,7 +80,7 @@ def cut_at_eos(rows, eos):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--ckpt", default="checkpoints/task-sft", help="task SFT checkpoint (sft.py: presets task, task-2)")
+    p.add_argument("--ckpt", default="checkpoints/task-sft", help="task SFT checkpoint (sft.py: presets task, task-2, task-3)")
     p.add_argument("--n_test", type=int, default=500, help="test problems, greedy")
     p.add_argument("--n_rl", type=int, default=64, help="RL-split prompts, G = 8 rollouts each at T = 1.2")
     p.add_argument("--batch", type=int, default=256, help="rows per generate() call")

@@ -36,6 +36,16 @@ RECIPES = {  # name: (why, SFT weights of chain lengths 1..7, sft.py flags); doc
                      ["--steps", "4000"]),
     "rare-long-8k": ("rare-long given 8000 steps (at 4000 the loss still fell and the facts were not learned)",
                      (1, 1, 1, 1, 1, .2, .1), ["--steps", "8000"]),
+    # a third stage from the committed start (stages 1+2): 1,500 steps at lr 5e-4, a fresh AdamW
+    "stage3": ("a third stage, same mix: 5 steps become sound (sound/right 0.95 greedy), 6 stay out of reach",
+               (1, 1, 1, 1, 1, .2, .1), ["--preset", "task-2", "--model", "checkpoints/task-sft", "--steps", "1500",
+                                          "--lr", "5e-4"]),
+    "stage3-long6": ("a third stage with 6- and 7-step chains 2.5x as often: bring 6 steps to the edge",
+                     (1, 1, 1, 1, 1, .5, .25), ["--preset", "task-2", "--model", "checkpoints/task-sft", "--steps",
+                                                "1500", "--lr", "5e-4"]),
+    "stage3-even6": ("a third stage with 6-step chains as often as short ones, 7 at half",
+                     (1, 1, 1, 1, 1, 1, .5), ["--preset", "task-2", "--model", "checkpoints/task-sft", "--steps",
+                                              "1500", "--lr", "5e-4"]),
 }
 
 

@@ -172,15 +172,33 @@ def test_rewrite_mechanics(tmp_path, monkeypatch):
     assert [json.loads(line) for line in out.read_text().splitlines()] == kept
 
 
-def test_the_task_start_is_stage_1_then_stage_2_from_its_weights(monkeypatch, tmp_path):
-    """The committed start = preset "task" from scratch, then "task-2" from stage 1's output (a warm restart at half
-    the lr, docs/task.md); igpo.py builds a missing start this way."""
+def test_the_task_start_is_three_stages_each_from_the_last_ones_weights(monkeypatch, tmp_path):
+    """The committed start = preset "task" from scratch, then "task-2" and "task-3", each a warm restart from the
+    last stage's output (docs/task.md); igpo.py builds a missing start this way. Only the schedule, the paths and
+    (stage 3) the mix of chain lengths change."""
     ran = []
     monkeypatch.setattr(sft, "train", ran.append)
     sft.train_task_start(str(tmp_path / "start"))
-    one, two = ran
-    assert one.model == "scratch" and one.steps == 4000 and one.lr == 2e-3
-    assert two.model == one.out_dir and two.out_dir == str(tmp_path / "start")
-    assert (two.steps, two.lr) == (2500, 1e-3)
-    same = {k for k, v in vars(one).items() if getattr(two, k) == v}
-    assert set(vars(one)) - same == {"model", "out_dir", "steps", "lr"}  # the rest of the recipe is stage 1's
+    one, two, three = ran
+    assert one.model == "scratch" and one.steps == 4000 and one.lr == 2e-3 and one.data == "task"
+    assert two.model == one.out_dir and (two.steps, two.lr) == (2500, 1e-3)
+    assert three.model == two.out_dir and three.out_dir == str(tmp_path / "start") and two.out_dir != three.out_dir
+    assert (three.steps, three.lr, three.data) == (1500, 5e-4, "task:1,1,1,1,1,1,0.5")
+    for stage, changed in ((two, {"model", "out_dir", "steps", "lr"}), (three, {"model", "out_dir", "steps", "lr",
+                                                                                 "data"})):
+        assert {k for k, v in vars(one).items() if getattr(stage, k) != v} == changed  # the rest is stage 1's
+
+
+def test_task_data_spec_sets_the_sft_mix_only(monkeypatch):
+    """--data task:w1,..,w7 draws SFT's chain lengths 1..7 at those weights: the items the mix gives when set as
+    data.TASK_SFT_WEIGHTS (how probes set it); only SFT changes; a malformed mix is a usage error naming --data."""
+    mix = (1, 0, 0, 0, 0, 0, 3)  # lengths 1 and 7 only, 7 three times as often
+    items = sft.load_items("task:" + ",".join(map(str, mix)))
+    lengths = [it["solution"].count("\n") + 1 for it in items]
+    assert set(lengths) == {1, 7} and 0.7 < lengths.count(7) / len(lengths) < 0.8
+    monkeypatch.setattr(data, "TASK_SFT_WEIGHTS", mix)
+    assert items == data.task_splits()["sft"] and sft.load_items("task") == items
+    monkeypatch.undo()
+    assert sft.load_items("task") != items and data.task_splits(mix)["test-5"] == data.task_splits()["test-5"]
+    with pytest.raises(SystemExit, match="--data task:1,x"):
+        sft.train(sft.parse_config(["--data", "task:1,x", "--model", "scratch"]))
