@@ -118,13 +118,13 @@ class Config:  # a comment starting with [lo, hi] or {a|b} is the field's domain
 
 
 TASK_DEFAULT_MODEL = "checkpoints/task-sft"  # committed; sft.py's task presets make it when missing (this path only)
-PRESETS = {  # python igpo.py: the embedded task on a CPU (steps, lr: chosen on val, experiments/rl_settings.py); paper: P
+PRESETS = {  # python igpo.py: the embedded task on a CPU (steps, lr, beta chosen on val: experiments/rl_settings.py); paper: P
     "task": dict(model=TASK_DEFAULT_MODEL, data="task", out_dir="runs/igpo-task", steps=160, prompts_per_step=16, mu=2,
                  micro_batch=128, gen_length=data.TASK_SAMPLING["gen_length"], chunk=(2, 4), lr=3e-4, warmup=5,
                  block_length=data.TASK_SAMPLING["block_length"], diffusion_steps=data.TASK_SAMPLING["steps"],
                  temperature=data.TASK_SAMPLING["temperature"], fast_threshold=data.TASK_SAMPLING["threshold"],
                  reserve=data.TASK_HINT_RESERVE, grad_clip=1.0, grad_ckpt=False, save_every=40, eval_every=0,
-                 eval_limit=500, ratio="token", loss_norm="token", lr_epochs=0, lora_rank=0, seed=0),
+                 eval_limit=500, ratio="token", loss_norm="token", lr_epochs=0, lora_rank=0, seed=0, beta=0.1),
     "paper": dict(),
 }
 OFFICIAL = dict(  # the official run's flags (facebookresearch/igpo run_igpo.sh + train.yaml); --help shows them

@@ -1,14 +1,21 @@
 """Paired difference of two evaluations of the same problems (eval.py / igpo.py per-problem JSONL rows): B - A in
 pass@1 and, on the task, sound pass@1 (right with every reasoning line right), with a 95% normal interval over
-problems, the counts gained and lost, and the share of right answers that are sound.
+problems, the counts gained and lost, the share of right answers that are sound, and what is wrong in the right
+but unsound ones (slips: a line whose own arithmetic is wrong, a miscopied operation, a miscopied previous value).
 
 Run:  python experiments/paired_eval.py experiments/results/main-job/eval-step-0.jsonl \
           experiments/results/main-job/eval-step-160.jsonl
 """
+import collections
 import json
 import math
+import os
+import re
 import statistics
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import data  # noqa: E402
 
 
 METRICS = {"pass@1": lambda r: float(bool(r["correct"])),  # per-problem row -> score
@@ -28,6 +35,25 @@ def paired(a, b, f):
     return statistics.mean(d), 1.96 * statistics.stdev(d) / math.sqrt(len(d)), d
 
 
+def slips(r):
+    """The kinds of wrong line in a task row (its prompt holds the question): "arithmetic" (a written line a op n=c
+    with c != a op n), "operation" (op or n not the question's k-th), "previous value" (a not the previous line's
+    written result, or the start), "line count" (not one line per operation; then nothing else is checked)."""
+    value = int(re.search(r"has (\d+)", r["prompt"])[1])
+    ops = [(data._OPS[verb], int(n)) for verb, n in re.findall(r"(gets|finds|loses|gives) (\d+)", r["prompt"])]
+    lines = re.findall(r"(\d+)\s*([+-])\s*(\d+)\s*=\s*(\d+)", r["completion"].split("</reasoning>")[0])
+    if len(lines) != len(ops):
+        return {"line count"}
+    out = set()
+    for (a, op, n, c), (op_q, n_q) in zip(lines, ops):
+        a, n, c = int(a), int(n), int(c)
+        out |= {"arithmetic"} if c != (a + n if op == "+" else a - n) else set()
+        out |= {"operation"} if (op, n) != (op_q, n_q) else set()
+        out |= {"previous value"} if a != value else set()
+        value = c
+    return out
+
+
 def main(a_path, b_path):
     a, b = rows(a_path), rows(b_path)
     for name, f in METRICS.items():
@@ -38,6 +64,9 @@ def main(a_path, b_path):
     for path, r in ((a_path, a), (b_path, b)):
         right = [x for x in r.values() if x["correct"]]
         print(f"sound / right in {path}: {sum(bool(x.get('sound')) for x in right) / max(1, len(right)):.3f}")
+        if right and "sound" in right[0]:
+            kinds = collections.Counter(k for x in right if not x["sound"] for k in slips(x))
+            print(f"  right but unsound: {sum(not x['sound'] for x in right)}; with a line of each kind: {dict(kinds)}")
 
 
 if __name__ == "__main__":

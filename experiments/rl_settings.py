@@ -1,4 +1,4 @@
-"""Which RL budget and step size make the main job (`python igpo.py`, level task-5) raise sound pass@1? Chosen on
+"""Which RL budget and step size make the main job (`python igpo.py`, level data.TASK_MAIN) raise sound pass@1? On
 the level's VAL split, never on test.
 
 Each setting is one `igpo.py` run (the task preset plus the setting's flags, no test evaluation) from the same SFT
@@ -39,6 +39,13 @@ SETTINGS = {  # name: (why, igpo.py flags on top of the task preset)
             ["--mu", "4", "--steps", "80"]),
     "lr1e-4-steps80": ("a third of the step size, twice the budget (KL to the start reached 0.3-0.4 at lr 3e-4)",
                        ["--lr", "1e-4", "--steps", "80"]),
+    "lr1e-4": ("a third of the step size at the preset's 160 steps (on the 3-stage start, lr 3e-4 lowered the "
+               "on-policy accuracy of GRPO and IGPO alike in their first 20 batches)", ["--lr", "1e-4", "--steps", "160"]),
+    "beta0.1": ("10x the KL weight (160 steps): on the 3-stage start at task-5, lr 3e-4 raised val pass@1 but not sound "
+                "pass@1: RL miscopies operands of lines whose results stay right; a stronger pull to the start's lines",
+                ["--beta", "0.1", "--steps", "160"]),
+    "T0.8": ("rollouts at temperature 0.8 (160 steps): fewer slipped lines sampled, so fewer rewarded",
+             ["--temperature", "0.8", "--steps", "160"]),
 }
 
 

@@ -233,3 +233,17 @@ def test_paired_eval_by_hand():
     assert d == [1, 0, 0, 0] and mean == 0.25 and half == pytest.approx(1.96 * 0.5 / 2)  # stdev of 1,0,0,0: 0.5
     with pytest.raises(ValueError, match="different problems"):
         paired_eval.paired(a, {k: v for k, v in b.items() if k != "p3"}, paired_eval.METRICS["pass@1"])
+
+
+def test_slips_by_hand():
+    """paired_eval.slips names each kind of wrong line: on "Tom has 5 coins. First he gets 1, second loses 3" the
+    sound chain is 5+1=6, 6-3=3."""
+    row = lambda text: dict(prompt="<|start_header_id|>user<|end_header_id|>\n\nTom has 5 coins. First he gets 1, "  # noqa: E731
+                            "second loses 3. How many coins after each step?<|eot_id|>",
+                            completion=f"<reasoning>\n{text}\n</reasoning>\n<answer>\n\\boxed{{63}}\n</answer>")
+    assert paired_eval.slips(row("first: 5+1=6\nsecond: 6-3=3")) == set()
+    assert paired_eval.slips(row("first: 5+1=6\nsecond: 6-2=3")) == {"operation", "arithmetic"}  # miscopied operand
+    assert paired_eval.slips(row("first: 5+1=6\nsecond: 5-3=3")) == {"previous value", "arithmetic"}
+    assert paired_eval.slips(row("first: 5+1=6\nsecond: 6+3=9")) == {"operation"}  # its own arithmetic is right
+    assert paired_eval.slips(row("first: 5+1=6")) == {"line count"}
+    assert paired_eval.slips(row("first: 5+1=6\nsecond: 6-3=3\n</reasoning> 1+1=2")) == set()  # only reasoning counts
