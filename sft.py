@@ -130,7 +130,7 @@ def sft_loss(model, input_ids, prompt_len, *, mask_id, attention_mask=None, eps=
 
 def load_items(spec, split="train"):
     """Items with keys question, answer, solution (the format of data.py's loaders), or prompt/response."""
-    if spec == "task" or spec.startswith("task:"):  # task:w1,..,w7: relative frequency of chain lengths 1..7
+    if spec.split(":")[0] == "task":  # task:w1,..,w7: relative frequency of chain lengths 1..7
         return data.task_splits(tuple(float(w) for w in spec[5:].split(",")) if ":" in spec else None)["sft"]
     if spec == "math":
         return data.load_split("gsm8k", "train") + data.load_split("math", "train")

@@ -27,6 +27,7 @@ import model as M  # noqa: E402
 import sft  # noqa: E402
 
 OUT = os.path.join(ROOT, "experiments", "results", "sft_start")
+STAGE3 = ["--preset", "task-2", "--model", sft.TASK_STAGES[1], "--steps", "1500", "--lr", "5e-4"]  # fresh AdamW
 RECIPES = {  # name: (why, SFT weights of chain lengths 1..7, sft.py flags); docs/task.md says what each gave
     "rare-long-1.5k": ("lengths 1-5 alike, 6 and 7 rarely (0.2, 0.1): a step kind SFT saw rarely", (1, 1, 1, 1, 1, .2, .1),
                        ["--steps", "1500"]),
@@ -36,16 +37,13 @@ RECIPES = {  # name: (why, SFT weights of chain lengths 1..7, sft.py flags); doc
                      ["--steps", "4000"]),
     "rare-long-8k": ("rare-long given 8000 steps (at 4000 the loss still fell and the facts were not learned)",
                      (1, 1, 1, 1, 1, .2, .1), ["--steps", "8000"]),
-    # a third stage from the committed start (stages 1+2): 1,500 steps at lr 5e-4, a fresh AdamW
+    # a third stage from stage 2 (sft.py --preset task-2's output; it was checkpoints/task-sft when these ran)
     "stage3": ("a third stage, same mix: 5 steps become sound (sound/right 0.95 greedy), 6 stay out of reach",
-               (1, 1, 1, 1, 1, .2, .1), ["--preset", "task-2", "--model", "checkpoints/task-sft", "--steps", "1500",
-                                          "--lr", "5e-4"]),
+               (1, 1, 1, 1, 1, .2, .1), STAGE3),
     "stage3-long6": ("a third stage with 6- and 7-step chains 2.5x as often: bring 6 steps to the edge",
-                     (1, 1, 1, 1, 1, .5, .25), ["--preset", "task-2", "--model", "checkpoints/task-sft", "--steps",
-                                                "1500", "--lr", "5e-4"]),
-    "stage3-even6": ("a third stage with 6-step chains as often as short ones, 7 at half",
-                     (1, 1, 1, 1, 1, 1, .5), ["--preset", "task-2", "--model", "checkpoints/task-sft", "--steps",
-                                              "1500", "--lr", "5e-4"]),
+                     (1, 1, 1, 1, 1, .5, .25), STAGE3),
+    "stage3-even6": ("a third stage with 6-step chains as often as short ones, 7 at half (= sft.py --preset task-3)",
+                     (1, 1, 1, 1, 1, 1, .5), STAGE3),
 }
 
 

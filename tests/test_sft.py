@@ -202,3 +202,17 @@ def test_task_data_spec_sets_the_sft_mix_only(monkeypatch):
     assert sft.load_items("task") != items and data.task_splits(mix)["test-5"] == data.task_splits()["test-5"]
     with pytest.raises(SystemExit, match="--data task:1,x"):
         sft.train(sft.parse_config(["--data", "task:1,x", "--model", "scratch"]))
+
+
+def test_the_stage_3_probe_recipe_is_preset_task_3(monkeypatch):
+    """experiments/sft_start.py's stage3-even6 (the probe that made the committed bytes: the mix set as
+    data.TASK_SFT_WEIGHTS) trains what `sft.py --preset task-3` trains: the same items and every other field."""
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    import sft_start
+    _, weights, flags = sft_start.RECIPES["stage3-even6"]
+    three = sft.parse_config(["--preset", "task-3", "--out_dir", "x"])
+    items = sft.load_items(three.data)
+    monkeypatch.setattr(data, "TASK_SFT_WEIGHTS", weights)
+    probe = sft.parse_config(["--out_dir", "x", *flags])
+    assert sft.load_items(probe.data) == items
+    assert {k for k, v in vars(probe).items() if getattr(three, k) != v} == {"data"}  # "task" + the constant
