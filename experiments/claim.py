@@ -261,19 +261,21 @@ def level_section(level, runs, start, test_seed):
     differences (REFERENCE minus each arm) on the level test set and on the standard test split."""
     arms = [a for a in ARMS if any(r["arm"] == a for r in runs)] + sorted({r["arm"] for r in runs} - set(ARMS))
     stats = {a: [run_stats(r, test_seed) for r in runs if r["arm"] == a] for a in arms}
-    head = ["arm", "seeds", "level test", "level sound", "standard test", "standard sound",
-            "all-wrong before", "all-wrong after", "rollouts / prompt-rollout", "on-policy acc 1st half",
-            "2nd half", "rollout s / batch", "KL", "clip frac"]
+    same = level == data.TASK_MAIN and test_seed == 0  # the level's test set is the standard test: shown once
+    head = ["arm", "seeds", "level test", "level sound"] + ([] if same else ["standard test", "standard sound"]) + [
+        "all-wrong before", "all-wrong after", "rollouts / prompt-rollout", "on-policy acc 1st half", "2nd half",
+        "rollout s / batch", "KL", "clip frac"]
     lv, std = start["tests"][f"level@{test_seed}"], start["tests"]["task"]
-    lines = [f"## Level {level_name(level)}\n", f"Start: all-wrong share {start['all_wrong']:.3f} on the level's "
+    std_cells = "" if same else f"{std['accuracy']:.3f} | {std['sound_accuracy']:.3f} | "
+    lines = [f"## Level {level_name(level)}\n" + ("\nIts test set is the standard test (`task`'s).\n" if same else ""), f"Start: all-wrong share {start['all_wrong']:.3f} on the level's "
              f"first {start['prompts']} RL prompts of seed 0's order, G = 8 (rollout pass rate {start['pass_rate']:.3f};"
              f" the dose-response's x). The table's all-wrong shares are a run's mean over its rollout batches, "
              f"as the policy learns.\n",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
-             f"| SFT start | | {lv['accuracy']:.3f} | {lv['sound_accuracy']:.3f} | {std['accuracy']:.3f} | "
-             f"{std['sound_accuracy']:.3f} | {start['all_wrong']:.3f} | | | | | | | |"]
-    cols = ["test", "sound", "std_test", "std_sound", "aw_before", "aw_after", "spent", "acc_first", "acc_last", "rollout_s", "kl",
-            "clip"]
+             f"| SFT start | | {lv['accuracy']:.3f} | {lv['sound_accuracy']:.3f} | {std_cells}"
+             f"{start['all_wrong']:.3f} | | | | | | | |"]
+    cols = ["test", "sound"] + ([] if same else ["std_test", "std_sound"]) + [
+        "aw_before", "aw_after", "spent", "acc_first", "acc_last", "rollout_s", "kl", "clip"]
     for a, st in stats.items():
         lines.append(f"| {a} | {len(st)} | " + " | ".join(mean_std([s.get(c, 0.0) for s in st]) for c in cols) + " |")
     acc = {(r["arm"], r["seed"]): run_stats(r, test_seed) for r in runs}
@@ -287,7 +289,7 @@ def level_section(level, runs, start, test_seed):
     for a in (a for a in arms if a != ref):
         both = [s for s in seeds if (ref, s) in acc and (a, s) in acc]
         for key, name in (("test", "level test"), ("sound", "level test, sound"), ("std_test", "standard test"),
-                          ("std_sound", "standard test, sound")):
+                          ("std_sound", "standard test, sound"))[:2 if same else 4]:
             d = [acc[ref, s][key] - acc[a, s][key] for s in both]
             if d:
                 m, lo, hi = paired_interval(d)
@@ -296,16 +298,16 @@ def level_section(level, runs, start, test_seed):
     return "\n".join(lines)
 
 
-def dose(results, starts, test_seed):
+def dose(results, starts, test_seed, key="test"):
     """(reference arm, {arm: {level: (start all-wrong share, mean, lo, hi)}}): REFERENCE minus each arm run at more
-    than one level, on the level test set, paired by seed, per level."""
+    than one level, on the level test set (key: "test" pass@1, "sound" sound pass@1), paired by seed, per level."""
     arms = [a for a in ARMS if any(r["arm"] == a for r in results)]
     ref, out = reference_of(arms), {}
     across = [a for a in arms if len({r["level"] for r in results if r["arm"] == a}) > 1]  # one level: no curve
     for a in (a for a in across if a != ref):
         pts = {}
         for lv in sorted({r["level"] for r in results}, key=float):
-            acc = {(r["arm"], r["seed"]): run_stats(r, test_seed)["test"] for r in results if r["level"] == lv}
+            acc = {(r["arm"], r["seed"]): run_stats(r, test_seed)[key] for r in results if r["level"] == lv}
             d = [acc[ref, s] - acc[a, s] for (arm, s) in acc if arm == ref and (a, s) in acc]
             if d:
                 pts[lv] = (starts[lv]["all_wrong"], *paired_interval(d))
@@ -413,9 +415,10 @@ def write(args, res, quiet=False):
         text.append("| arm | " + " | ".join(f"{level_name(lv)} (all-wrong {starts[lv]['all_wrong']:.2f})"
                                              for lv in levels) + " |")
         text.append("|" + "---|" * (len(levels) + 1))
-    for arm, by_level in curves.items():
-        text.append(f"| {ref} − {arm} | " + " | ".join(
-            "{1:+.3f} ({2:+.3f} to {3:+.3f})".format(*by_level[lv]) if lv in by_level else "" for lv in levels) + " |")
+    for key, what in (("test", ""), ("sound", ", sound pass@1")):
+        for arm, by_level in dose(res["results"], starts, ts, key)[1].items():
+            text.append(f"| {ref} − {arm}{what} | " + " | ".join(
+                "{1:+.3f} ({2:+.3f} to {3:+.3f})".format(*by_level[lv]) if lv in by_level else "" for lv in levels) + " |")
     if has_plot and curves:
         text.append("\n![dose-response](dose.png)")
     with open(os.path.join(args.out, "claim.md"), "w") as f:

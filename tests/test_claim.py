@@ -43,6 +43,9 @@ def test_claim_levels_arms_keep_test_seed_and_report(tmp_path, monkeypatch):
     assert md.count("| probe | 1 | ") == 2 and f"- {claim.REFERENCE} − probe, level test: " in md
     assert (tmp_path / "out" / "dose.png").exists() == PLOTS and f"| {claim.REFERENCE} − probe | " in md
     assert ("![dose-response](dose.png)" in md) == PLOTS  # no broken image links without matplotlib
+    assert f"| {claim.REFERENCE} − probe, sound pass@1 | " in md  # the dose-response in both metrics
+    for lv, section in zip((5, 7), md.split("## Level task-")[1:]):  # the main level's test is the standard test
+        assert ("| standard test |" in section) == (lv != data.TASK_MAIN), lv  # ... so its columns are not shown twice
     tsv = open(tmp_path / "out" / "runs.tsv").read().splitlines()
     assert len(tsv) == 1 + 2 * (2 + 4)  # header; per level: the start and 2 runs, each on 2 test sets
     run = next(r for r in res["results"] if r["arm"] == "probe" and r["level"] == 7)
