@@ -1,0 +1,82 @@
+"""Does a right answer mean a sound chain under another decoding of the same start? Issue 26 asks that at least 90% of
+right answers come from sound chains, greedy and at the RL temperature; the task's decoding (Fast-dLLM's confidence
+threshold 0.9) gives 79-87% on rollouts at 5-6 steps. This measures, at the SFT start, for each decoding setting
+(the task's, one token per step, the paper's two tokens per step): on the level's RL prompts (igpo.py's first rollout
+batches, G rollouts at T 1.2, levels.measure, no rescue) the pass rate, sound / right, right / unsound and the
+all-wrong share; on val (greedy) pass@1, sound pass@1 and sound / right; and the forwards per rollout it costs.
+Never test.
+
+Run:  python experiments/decoding.py [--levels 5,6] [--prompts 32] [--val 300] [--out experiments/results/decoding]
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import data  # noqa: E402
+import eval as E  # noqa: E402
+import levels  # noqa: E402
+import model as M  # noqa: E402
+
+GEN = data.TASK_SAMPLING["gen_length"]
+SETTINGS = {  # name -> (igpo.py flags for the RL rollouts, eval.protocol overrides for val, forwards per rollout)
+    "threshold 0.9 (the task's)": ([], {}, "about 20"),
+    "1 token a step": (["--fast_threshold", "0", "--diffusion_steps", str(GEN)], dict(threshold=0, steps=GEN), GEN),
+    "2 tokens a step (paper)": (["--fast_threshold", "0", "--diffusion_steps", str(GEN // 2)],
+                                dict(threshold=0, steps=GEN // 2), GEN // 2),
+}
+
+
+def row(m, tok, level, name, prompts, n_val):
+    flags, proto, nfe = SETTINGS[name]
+    t0 = time.time()
+    got = levels.measure(m, tok, level, prompts, 0, "off", flags)
+    val = E.evaluate(m, tok, data.task_level(level, "val")[:n_val], E.protocol("task", **proto),
+                     messages=data.task_messages, batch_size=100)
+    n, unsound = got["rollouts"], got["rollouts"] - got["sound"]
+    return dict(level=level, setting=name, forwards=nfe, pass_rate=got["right"] / n,
+                sound_given_right=got["right_sound"] / max(1, got["right"]),
+                right_given_unsound=(got["right"] - got["right_sound"]) / max(1, unsound),
+                all_wrong=got["all_wrong"] / prompts, val_pass1=val["accuracy"], val_sound_pass1=val["sound_accuracy"],
+                val_sound_given_right=val["sound_accuracy"] / max(1e-9, val["accuracy"]), wall_s=time.time() - t0)
+
+
+COLS = ["pass_rate", "sound_given_right", "right_given_unsound", "all_wrong", "val_pass1", "val_sound_pass1",
+        "val_sound_given_right"]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="checkpoints/task-sft", help="the SFT start")
+    p.add_argument("--levels", default="5,6", help="chain lengths n (task-<n>)")
+    p.add_argument("--prompts", type=int, default=32, help="RL prompts per level (a multiple of 16), G 8 each")
+    p.add_argument("--val", type=int, default=300, help="val problems per level, greedy")
+    p.add_argument("--out", default="runs/decoding", help="where decoding.md/.json go")
+    a = p.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    m, tok = M.load(os.path.join(ROOT, a.model))
+    rows = []
+    os.makedirs(a.out, exist_ok=True)
+    for n in a.levels.split(","):
+        for name in SETTINGS:
+            rows.append(row(m, tok, f"task-{n}", name, a.prompts, a.val))
+            print(json.dumps(rows[-1]), flush=True)
+            json.dump(dict(args=vars(a), rows=rows), open(os.path.join(a.out, "decoding.json"), "w"), indent=1)
+    lines = [f"# Decoding settings at the SFT start\n\n`python experiments/decoding.py {' '.join(sys.argv[1:])}` "
+             f"({a.model}; RL split: first {a.prompts} prompts x G 8 at T {data.TASK_SAMPLING['temperature']}, "
+             f"no rescue; val: first {a.val}, greedy)\n",
+             "| level | decoding | forwards / rollout | " + " | ".join(COLS) + " | wall s |", "|---" * (len(COLS) + 4) + "|"]
+    lines += [f"| {r['level']} | {r['setting']} | {r['forwards']} | " + " | ".join(f"{r[c]:.3f}" for c in COLS) +
+              f" | {r['wall_s']:.0f} |" for r in rows]
+    open(os.path.join(a.out, "decoding.md"), "w").write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
