@@ -37,7 +37,7 @@ def row(m, tok, level, name, prompts, n_val):
     flags, proto, nfe = SETTINGS[name]
     t0 = time.time()
     got = levels.measure(m, tok, level, prompts, 0, "off", flags)
-    val = E.evaluate(m, tok, data.task_level(level, "val")[:n_val], E.protocol("task", **proto),
+    val = E.evaluate(m, tok, data.task_level(level, "val")[:n_val or None], E.protocol("task", **proto),
                      messages=data.task_messages, batch_size=100)
     n, unsound = got["rollouts"], got["rollouts"] - got["sound"]
     return dict(level=level, setting=name, forwards=nfe, pass_rate=got["right"] / n,
@@ -53,10 +53,7 @@ COLS = ["pass_rate", "sound_given_right", "right_given_unsound", "all_wrong", "v
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="checkpoints/task-sft", help="the SFT start")
-    p.add_argument("--levels", default="5,6", help="chain lengths n (task-<n>)")
-    p.add_argument("--prompts", type=int, default=32, help="RL prompts per level (a multiple of 16), G 8 each")
-    p.add_argument("--val", type=int, default=300, help="val problems per level, greedy")
+    levels.start_flags(p, "5,6", 32)
     p.add_argument("--out", default="runs/decoding", help="where decoding.md/.json go")
     a = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

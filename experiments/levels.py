@@ -102,13 +102,18 @@ def table(rows):
                           for r in rows)
 
 
+def start_flags(p, levels, prompts):
+    """The flags of a measurement at the start (here and experiments/decoding.py): the start, levels, RL prompts, val."""
+    p.add_argument("--model", default="checkpoints/task-sft", help="the SFT start")
+    p.add_argument("--levels", default=levels, help="chain lengths n (task-<n>)")
+    p.add_argument("--prompts", type=int, default=prompts, help="RL prompts per level (a multiple of 16), G 8 each")
+    p.add_argument("--val", type=int, default=300, help="val problems per level for greedy pass@1 (0: all)")
+
+
 def main():
     p = argparse.ArgumentParser(description="Each difficulty level of the embedded task at the SFT start: "
                                             "all-wrong share, rescues, soundness (see the module docstring).")
-    p.add_argument("--model", default="checkpoints/task-sft", help="the SFT start")
-    p.add_argument("--levels", default=",".join(map(str, data.TASK_LEVELS)), help="chain lengths n (task-<n>)")
-    p.add_argument("--prompts", type=int, default=128, help="RL prompts per level (a multiple of 16)")
-    p.add_argument("--val", type=int, default=300, help="val problems per level for greedy pass@1 (0: all)")
+    start_flags(p, ",".join(map(str, data.TASK_LEVELS)), 128)
     p.add_argument("--seed", type=int, default=0, help="data order and sampling seed (igpo.py --seed)")
     p.add_argument("--out", default="runs/levels", help="where levels.md/.json go")
     args = p.parse_args()
