@@ -33,22 +33,18 @@ SETTINGS = {  # name -> (igpo.py flags for the RL rollouts, eval.protocol overri
 }
 
 
+COLS = ["pass_rate", "sound_given_right", "right_given_unsound", "all_wrong", "val_pass1", "val_sound_pass1",
+        "val_sound_given_right"]  # levels.properties' names for them
+
+
 def row(m, tok, level, name, prompts, n_val):
     flags, proto, nfe = SETTINGS[name]
     t0 = time.time()
     got = levels.measure(m, tok, level, prompts, 0, "off", flags)
     val = E.evaluate(m, tok, data.task_level(level, "val")[:n_val or None], E.protocol("task", **proto),
                      messages=data.task_messages, batch_size=100)
-    n, unsound = got["rollouts"], got["rollouts"] - got["sound"]
-    return dict(level=level, setting=name, forwards=nfe, pass_rate=got["right"] / n,
-                sound_given_right=got["right_sound"] / max(1, got["right"]),
-                right_given_unsound=(got["right"] - got["right_sound"]) / max(1, unsound),
-                all_wrong=got["all_wrong"] / prompts, val_pass1=val["accuracy"], val_sound_pass1=val["sound_accuracy"],
-                val_sound_given_right=val["sound_accuracy"] / max(1e-9, val["accuracy"]), wall_s=time.time() - t0)
-
-
-COLS = ["pass_rate", "sound_given_right", "right_given_unsound", "all_wrong", "val_pass1", "val_sound_pass1",
-        "val_sound_given_right"]
+    props = levels.properties(got, got, val, val, prompts, 0.0)  # no rescue, one val protocol: only COLS are read
+    return dict(level=level, setting=name, forwards=nfe, **{c: props[c] for c in COLS}, wall_s=time.time() - t0)
 
 
 def main():
@@ -64,14 +60,16 @@ def main():
         for name in SETTINGS:
             rows.append(row(m, tok, f"task-{n}", name, a.prompts, a.val))
             print(json.dumps(rows[-1]), flush=True)
-            json.dump(dict(args=vars(a), rows=rows), open(os.path.join(a.out, "decoding.json"), "w"), indent=1)
+            with open(os.path.join(a.out, "decoding.json"), "w") as f:
+                json.dump(dict(args=vars(a), rows=rows), f, indent=1)
     lines = [f"# Decoding settings at the SFT start\n\n`python experiments/decoding.py {' '.join(sys.argv[1:])}` "
              f"({a.model}; RL split: first {a.prompts} prompts x G 8 at T {data.TASK_SAMPLING['temperature']}, "
              f"no rescue; val: first {a.val}, greedy)\n",
              "| level | decoding | forwards / rollout | " + " | ".join(COLS) + " | wall s |", "|---" * (len(COLS) + 4) + "|"]
     lines += [f"| {r['level']} | {r['setting']} | {r['forwards']} | " + " | ".join(f"{r[c]:.3f}" for c in COLS) +
               f" | {r['wall_s']:.0f} |" for r in rows]
-    open(os.path.join(a.out, "decoding.md"), "w").write("\n".join(lines) + "\n")
+    with open(os.path.join(a.out, "decoding.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
