@@ -13,6 +13,7 @@ Run:  OMP_NUM_THREADS=1 python experiments/sft_start.py --recipe NAME [--ckpt DI
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -28,6 +29,7 @@ import sft  # noqa: E402
 
 OUT = os.path.join(ROOT, "experiments", "results", "sft_start")
 STAGE3 = ["--preset", "task-2", "--model", sft.TASK_STAGES[1], "--steps", "1500", "--lr", "5e-4"]  # fresh AdamW
+STAGE4 = ["--preset", "task-2", "--model", sft.TASK_STAGES[2], "--steps", "1500", "--lr", "5e-4"]
 RECIPES = {  # name: (why, SFT weights of chain lengths 1..7, sft.py flags); docs/task.md says what each gave
     "rare-long-1.5k": ("lengths 1-5 alike, 6 and 7 rarely (0.2, 0.1): a step kind SFT saw rarely", (1, 1, 1, 1, 1, .2, .1),
                        ["--steps", "1500"]),
@@ -44,11 +46,42 @@ RECIPES = {  # name: (why, SFT weights of chain lengths 1..7, sft.py flags); doc
                      (1, 1, 1, 1, 1, .5, .25), STAGE3),
     "stage3-even6": ("a third stage with 6-step chains as often as short ones, 7 at half (= sft.py --preset task-3)",
                      (1, 1, 1, 1, 1, 1, .5), STAGE3),
+    # a fourth stage from the committed start, to tell more SFT (same lines) from a new line format (design results)
+    "stage4-even6": ("a fourth stage, the start's mix: do right-but-unsound slips fall with more SFT?",
+                     (1, 1, 1, 1, 1, 1, .5), STAGE4),
+    "stage4-results": ("the same fourth stage, lines that write only the result ('third: 4'): no copied operand",
+                       (1, 1, 1, 1, 1, 1, .5), STAGE4, "results"),
 }
 
 
+def results_design():
+    """Candidate design "results": line k writes only the k-th result ("third: 4" for "third: 1+3=4"), so that no
+    token of the chain is a copy of the question the box does not need. On the start the right-but-unsound answers
+    are nearly all a miscopied operand beside a right result (docs/task.md): the model computes the result from the
+    question, so the copy is a token nothing checks. Same chains, questions and answers; only the solution text
+    and the soundness check (line k = 'ordinal_k: value_k', nothing else before </reasoning>) change."""
+    problem = data.task_problem
+
+    def task_problem(rng, n_steps):
+        item, chain = problem(rng, n_steps)
+        return dict(item, solution=re.sub(r"(?m)^(\w+): .*=(\d+)$", r"\1: \2", item["solution"])), chain
+
+    def task_sound(question, text):
+        v = [int(re.search(r"has (\d+)", question)[1])]
+        for verb, n in re.findall(r"(gets|finds|loses|gives) (\d+)", question):
+            v.append(v[-1] + int(n) if verb in ("gets", "finds") else v[-1] - int(n))
+        want = "\n".join(f"{o}: {x}" for o, x in zip(data.TASK_ORDINALS, v[1:]))
+        body = text.split("</reasoning>")[0].split("<reasoning>")[-1]
+        return " ".join(body.split()) == " ".join(want.split())
+
+    data.task_problem, data.task_sound = task_problem, task_sound
+    data._task_splits.cache_clear()
+
+
 def run(name, ckpt, prompts, n_val):
-    why, weights, flags = RECIPES[name]
+    why, weights, flags, design = (*RECIPES[name], "lines")[:4]
+    if design == "results":
+        results_design()
     data.TASK_SFT_WEIGHTS = weights
     t0, wall = time.time(), None
     if not ckpt:
@@ -56,7 +89,7 @@ def run(name, ckpt, prompts, n_val):
         sft.train(sft.parse_config(["--out_dir", ckpt, *flags]))
         wall = round(time.time() - t0)
     m, tok = M.load(ckpt)
-    res = dict(name=name, why=why, weights=weights, flags=flags, ckpt=ckpt, sft_seconds=wall,
+    res = dict(name=name, why=why, weights=weights, flags=flags, design=design, ckpt=ckpt, sft_seconds=wall,
                threads=torch.get_num_threads(), prompts=prompts, levels=[],
                command=f"OMP_NUM_THREADS={torch.get_num_threads()} python experiments/sft_start.py --recipe {name}")
     for n in data.TASK_LEVELS:
