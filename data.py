@@ -207,7 +207,7 @@ TASK_ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "sevent
 TASK_SFT = (80000, 1)                      # SFT problems, seed
 TASK_SFT_WEIGHTS = (1, 1, 1, 1, 1, 0.2, 0.1)  # relative frequency of chain lengths 1..7 in SFT
 TASK_LEVELS = (4, 5, 6, 7)                 # chain lengths with held-out sets (data names task-4 .. task-7)
-TASK_MAIN = 5                              # `task` = this level: python igpo.py trains on it, eval.py tests on it
+TASK_MAIN = 6                              # `task` = this level: python igpo.py trains on it, eval.py tests on it
 TASK_HELD = {"test": (500, 3), "val": (300, 4), "rl": (1000, 2)}  # per level: size, seed (+ 100 x level)
 TASK_MODEL = dict(d_model=128, n_layers=4, n_heads=4, n_kv_heads=4, mlp_hidden_size=384, rope_theta=10000.0,
                   max_sequence_length=160)  # plus the ids and vocab size from the task tokenizer

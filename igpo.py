@@ -442,8 +442,8 @@ def build(cfg, device, ckpt=None):
     reference: a frozen cfg.model if beta > 0 (LoRA: the policy, adapter off). sft.py makes a missing task model."""
     if not os.path.exists(os.path.join(cfg.model, "config.json")) and cfg.model == TASK_DEFAULT_MODEL:
         if dist.is_initialized():
-            raise SystemExit(f"{cfg.model} is missing: run sft.py's presets task, task-2, task-3 first")
-        print(f"{cfg.model} is missing: training it with sft.py's task presets first (task, task-2, task-3)")
+            raise SystemExit(f"{cfg.model} is missing: run sft.py's presets task, task-2 .. task-4 first")
+        print(f"{cfg.model} is missing: training it with sft.py's task presets first (task .. task-4)")
         sft.train_task_start(cfg.model)
     state = launch.resume_state(ckpt, cfg.model)  # refuses a --model whose weights changed since the checkpoint
     policy, tok = launch.load_model(ckpt if ckpt and not cfg.lora_rank else cfg.model, device=device)

@@ -172,21 +172,23 @@ def test_rewrite_mechanics(tmp_path, monkeypatch):
     assert [json.loads(line) for line in out.read_text().splitlines()] == kept
 
 
-def test_the_task_start_is_three_stages_each_from_the_last_ones_weights(monkeypatch, tmp_path):
-    """The committed start = preset "task" from scratch, then "task-2" and "task-3", each a warm restart from the
-    last stage's output (docs/task.md); igpo.py builds a missing start this way. Only the schedule, the paths and
-    (stage 3) the mix of chain lengths change."""
+def test_the_task_start_is_four_stages_each_from_the_last_ones_weights(monkeypatch, tmp_path):
+    """The committed start = preset "task" from scratch, then "task-2", "task-3" and "task-4", each a warm restart
+    from the last stage's output (docs/task.md); igpo.py builds a missing start this way. Only the schedule, the
+    paths and (stages 3 and 4) the mix of chain lengths change; stage 4 is stage 3 again from stage 3's weights."""
     ran = []
     monkeypatch.setattr(sft, "train", ran.append)
     sft.train_task_start(str(tmp_path / "start"))
-    one, two, three = ran
+    one, two, three, four = ran
     assert one.model == "scratch" and one.steps == 4000 and one.lr == 2e-3 and one.data == "task"
     assert two.model == one.out_dir and (two.steps, two.lr) == (2500, 1e-3)
-    assert three.model == two.out_dir and three.out_dir == str(tmp_path / "start") and two.out_dir != three.out_dir
+    assert three.model == two.out_dir and four.model == three.out_dir and four.out_dir == str(tmp_path / "start")
+    assert len({one.out_dir, two.out_dir, three.out_dir, four.out_dir}) == 4
     assert (three.steps, three.lr, three.data) == (1500, 5e-4, "task:1,1,1,1,1,1,0.5")
     for stage, changed in ((two, {"model", "out_dir", "steps", "lr"}), (three, {"model", "out_dir", "steps", "lr",
                                                                                  "data"})):
         assert {k for k, v in vars(one).items() if getattr(stage, k) != v} == changed  # the rest is stage 1's
+    assert {k for k, v in vars(three).items() if getattr(four, k) != v} == {"model", "out_dir"}
 
 
 def test_task_data_spec_sets_the_sft_mix_only(monkeypatch):
@@ -204,15 +206,17 @@ def test_task_data_spec_sets_the_sft_mix_only(monkeypatch):
         sft.train(sft.parse_config(["--data", "task:1,x", "--model", "scratch"]))
 
 
-def test_the_stage_3_probe_recipe_is_preset_task_3(monkeypatch):
-    """experiments/sft_start.py's stage3-even6 (the probe that made the committed bytes: the mix set as
-    data.TASK_SFT_WEIGHTS) trains what `sft.py --preset task-3` trains: the same items and every other field."""
+@pytest.mark.parametrize("recipe, preset", [("stage3-even6", "task-3"), ("stage4-even6", "task-4")])
+def test_the_probe_recipes_that_made_the_start_are_its_presets(monkeypatch, recipe, preset):
+    """experiments/sft_start.py's stage3-even6 and stage4-even6 (the probes that made the committed bytes: the mix set
+    as data.TASK_SFT_WEIGHTS) train what `sft.py --preset task-3` / `task-4` train: the same items, every other
+    field."""
     sys.path.insert(0, os.path.join(ROOT, "experiments"))
     import sft_start
-    _, weights, flags = sft_start.RECIPES["stage3-even6"]
-    three = sft.parse_config(["--preset", "task-3", "--out_dir", "x"])
-    items = sft.load_items(three.data)
+    _, weights, flags = sft_start.RECIPES[recipe]
+    want = sft.parse_config(["--preset", preset, "--out_dir", "x"])
+    items = sft.load_items(want.data)
     monkeypatch.setattr(data, "TASK_SFT_WEIGHTS", weights)
     probe = sft.parse_config(["--out_dir", "x", *flags])
     assert sft.load_items(probe.data) == items
-    assert {k for k, v in vars(probe).items() if getattr(three, k) != v} == {"data"}  # "task" + the constant
+    assert {k for k, v in vars(probe).items() if getattr(want, k) != v} == {"data"}  # "task" + the constant
