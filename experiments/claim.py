@@ -14,8 +14,8 @@ set (--test_seed N > 0: a fresh draw of its size) and on the standard test (`tas
 differences are REFERENCE minus each other arm, per seed (a seed fixes the prompts and their order), with a
 Student-t 95% interval over seeds.
 
-Run:  python experiments/claim.py --level 4,5,6 --arms grpo,sample_matched,igpo --seeds 0,1,2,3
-      python experiments/claim.py --level 6 --arms igpo_full_hints,igpo_no_filter --seeds 0,1,2,3 --keep
+Run:  python experiments/claim.py --level 5,6,7 --arms grpo,sample_matched,igpo --seeds 0,1,2,3
+      python experiments/claim.py --level 7 --arms igpo_full_hints,igpo_no_filter --seeds 0,1,2,3 --keep
       python experiments/claim.py --test_seed 7 --keep ...   # score the finished runs on a fresh test draw
       python experiments/claim.py --report                   # tables and plots again from OUT/claim.json
       python experiments/claim.py --quick    # 1 seed, 2 optimizer steps on 1 rollout batch, 20 test problems

@@ -250,3 +250,24 @@ def test_slips_by_hand():
     assert paired_eval.slips(row("first: 5+1=6\nsecond: 6+3=9")) == {"operation"}  # its own arithmetic is right
     assert paired_eval.slips(row("first: 5+1=6")) == {"line count"}
     assert paired_eval.slips(row("first: 5+1=6\nsecond: 6-3=3\n</reasoning> 1+1=2")) == set()  # only reasoning counts
+
+
+def test_each_decoding_setting_samples_rollouts_and_val_alike():
+    """experiments/decoding.py: a setting's RL rollouts (igpo.py flags on the task preset) and its val evaluation
+    (eval.protocol overrides) decode the same way (steps, threshold, canvas), the setting it names: the task's
+    threshold, one token a step, two; and a fixed-step setting's forwards per rollout is its step count."""
+    import decoding
+    import eval as E
+    import igpo
+    import launch
+    gen = data.TASK_SAMPLING["gen_length"]
+    want = {"threshold 0.9 (the task's)": (data.TASK_SAMPLING["steps"], 0.9), "1 token a step": (gen, None),
+            "2 tokens a step (paper)": (gen // 2, None)}
+    assert set(decoding.SETTINGS) == set(want)
+    for name, (flags, proto, forwards) in decoding.SETTINGS.items():
+        cfg = launch.parse_config(igpo.Config, igpo.PRESETS, ["--data", "task-5", *flags])
+        val = E.protocol("task", **proto)
+        rl = (cfg.diffusion_steps, cfg.fast_threshold or None, cfg.gen_length, cfg.block_length)
+        assert rl == (val["steps"], val["threshold"], val["gen_length"], val["block_length"]), name
+        assert rl[:2] == want[name], name
+        assert isinstance(forwards, str) or forwards == cfg.diffusion_steps, name
