@@ -293,7 +293,8 @@ def level_section(level, runs, start, test_seed):
             d = [acc[ref, s][key] - acc[a, s][key] for s in both]
             if d:
                 m, lo, hi = paired_interval(d)
-                lines.append(f"- {ref} − {a}, {name}: {m:+.3f} (95% CI {lo:+.3f} to {hi:+.3f}; "
+                ci = f"95% CI {lo:+.3f} to {hi:+.3f}" if len(d) > 1 else "no interval from 1 seed"
+                lines.append(f"- {ref} − {a}, {name}: {m:+.3f} ({ci}; "
                              f"{sum(x > 0 for x in d)} / {sum(x < 0 for x in d)} of {len(d)} seeds)")
     return "\n".join(lines)
 

@@ -41,6 +41,8 @@ def test_claim_levels_arms_keep_test_seed_and_report(tmp_path, monkeypatch):
     for lv in ("task-5", "task-7"):
         assert f"## Level {lv}" in md and (tmp_path / "out" / f"claim-{lv}.png").exists() == PLOTS
     assert md.count("| probe | 1 | ") == 2 and f"- {claim.REFERENCE} − probe, level test: " in md
+    paired = [line for line in md.splitlines() if line.startswith(f"- {claim.REFERENCE} − probe")]
+    assert paired and all("(no interval from 1 seed;" in line and "nan" not in line for line in paired)
     assert (tmp_path / "out" / "dose.png").exists() == PLOTS and f"| {claim.REFERENCE} − probe | " in md
     assert ("![dose-response](dose.png)" in md) == PLOTS  # no broken image links without matplotlib
     assert f"| {claim.REFERENCE} − probe, sound pass@1 | " in md  # the dose-response in both metrics
