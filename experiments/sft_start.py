@@ -28,8 +28,14 @@ import model as M  # noqa: E402
 import sft  # noqa: E402
 
 OUT = os.path.join(ROOT, "experiments", "results", "sft_start")
-STAGE3 = ["--preset", "task-2", "--model", sft.TASK_STAGES[1], "--steps", "1500", "--lr", "5e-4"]  # fresh AdamW
-STAGE4 = ["--preset", "task-2", "--model", sft.TASK_STAGES[2], "--steps", "1500", "--lr", "5e-4"]
+
+
+def warm_stage(prev):
+    """sft.py flags of a 1,500-step stage at lr 5e-4 from prev's weights (a fresh AdamW); the recipe sets the mix."""
+    return ["--preset", "task-2", "--model", prev, "--steps", "1500", "--lr", "5e-4"]
+
+
+STAGE3, STAGE4 = warm_stage(sft.TASK_STAGES[1]), warm_stage(sft.TASK_STAGES[2])
 RECIPES = {  # name: (why, SFT weights of chain lengths 1..7, sft.py flags); docs/task.md says what each gave
     "rare-long-1.5k": ("lengths 1-5 alike, 6 and 7 rarely (0.2, 0.1): a step kind SFT saw rarely", (1, 1, 1, 1, 1, .2, .1),
                        ["--steps", "1500"]),
@@ -68,8 +74,8 @@ def results_design():
 
     def task_sound(question, text):
         v = [int(re.search(r"has (\d+)", question)[1])]
-        for verb, n in re.findall(r"(gets|finds|loses|gives) (\d+)", question):
-            v.append(v[-1] + int(n) if verb in ("gets", "finds") else v[-1] - int(n))
+        for verb, n in re.findall(rf"({'|'.join(data._OPS)}) (\d+)", question):
+            v.append(v[-1] + int(n) if data._OPS[verb] == "+" else v[-1] - int(n))
         want = "\n".join(f"{o}: {x}" for o, x in zip(data.TASK_ORDINALS, v[1:]))
         body = text.split("</reasoning>")[0].split("<reasoning>")[-1]
         return " ".join(body.split()) == " ".join(want.split())
