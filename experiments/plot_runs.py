@@ -1,4 +1,4 @@
-"""Draw igpo.py runs side by side: on-policy accuracy, all-wrong share before and after the rescue, reward, KL,
+"""Draw igpo.py runs side by side: on-policy accuracy and sound accuracy, all-wrong share before and after the rescue, reward, KL,
 clip fraction and grad norm against the optimizer step, one line per run (or per group of runs: the mean).
 
 Run:  python experiments/plot_runs.py runs/igpo-task runs/my-ablation --out compare.png
@@ -6,6 +6,8 @@ Run:  python experiments/plot_runs.py runs/igpo-task runs/my-ablation --out comp
                                       "grpo=runs/claim-runs/task-ext1/grpo-seed*" --out ext1.png
 An argument is a run directory (it holds metrics.jsonl), a glob of them, or NAME=GLOB: the runs a glob matches are
 drawn as their mean per step (a band from min to max). Needs matplotlib (experiment-only: pip install matplotlib).
+--bins N also prints each group's learning curve as a table: mean on-policy accuracy and sound accuracy over its
+runs' rollout batches in each span of N optimizer steps (the measured curve a budget is read from).
 """
 import argparse
 import glob
@@ -13,7 +15,8 @@ import json
 import os
 import statistics
 
-PANELS = [("acc", "on-policy accuracy (correct rollouts)"), ("all_wrong_before", "all-wrong share before rescue"),
+PANELS = [("acc", "on-policy accuracy (correct rollouts)"), ("sound_acc", "on-policy sound accuracy (right, every line right)"),
+          ("all_wrong_before", "all-wrong share before rescue"),
           ("all_wrong_after", "all-wrong share after rescue"), ("reward", "mean reward"),
           ("kl", "k3 KL to the reference (kept tokens)"), ("clip_frac", "clipped fraction (kept tokens)"),
           ("grad_norm", "grad norm before clipping")]
@@ -37,15 +40,34 @@ def groups(args):
     return out
 
 
+def curve_table(grouped, width):
+    """Markdown: one row per group and step span, mean over the group's rollout batches in the span (all runs)."""
+    out = ["| runs | steps | on-policy acc | on-policy sound acc | rollout batches |", "|---|---|---|---|---|"]
+    for label, dirs in grouped:
+        acc, sound = [series(d, "acc") for d in dirs], [series(d, "sound_acc") for d in dirs]
+        last = max(max(s, default=0) for s in acc)
+        for lo in range(1, last + 1, width):
+            span = range(lo, lo + width)
+            a = [s[t] for s in acc for t in span if t in s]
+            b = [s[t] for s in sound for t in span if t in s]
+            if a:
+                out.append(f"| {label} | {lo}-{lo + width - 1} | {statistics.mean(a):.3f} | "
+                           f"{statistics.mean(b) if b else float('nan'):.3f} | {len(a)} |")
+    return "\n".join(out)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run directories, globs, or NAME=GLOB")
     p.add_argument("--out", default="runs/compare.png", help="the PNG to write")
+    p.add_argument("--bins", type=int, default=0, help="also print mean acc / sound acc per span of this many steps")
     a = p.parse_args()
+    if a.bins:
+        print(curve_table(groups(a.runs), a.bins))
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(2, 4, figsize=(18, 8))
+    fig, axes = plt.subplots(3, 3, figsize=(15, 11))
     for label, dirs in groups(a.runs):
         for ax, (key, title) in zip(axes.flat, PANELS):
             per_run = [series(d, key) for d in dirs]

@@ -201,7 +201,7 @@ def test_curves_show_runs_of_one_rollout_batch(tmp_path, monkeypatch):
     import plot_runs
     figs = []
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: figs.append(fig))
-    row = dict(step=1, acc=0.5, all_wrong_before=0.25, all_wrong_after=0.0, reward=1.0, kl=0.0, clip_frac=0.0,
+    row = dict(step=1, acc=0.5, sound_acc=0.25, all_wrong_before=0.25, all_wrong_after=0.0, reward=1.0, kl=0.0, clip_frac=0.0,
                grad_norm=1.0)
     claim.plot([dict(level=0, arm=claim.REFERENCE, seed=0, rows=[row])], {0.0: dict(all_wrong=0.3)}, str(tmp_path), 0)
     (tmp_path / "run").mkdir()
@@ -209,7 +209,22 @@ def test_curves_show_runs_of_one_rollout_batch(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["plot_runs.py", str(tmp_path / "run"), "--out", str(tmp_path / "c.png")])
     plot_runs.main()
     curves = [line for fig in figs for ax in fig.axes for line in ax.lines]
-    assert len(curves) == 2 + 7 and all(line.get_marker() not in (None, "None", "") for line in curves)
+    assert len(curves) == 2 + 8 and all(line.get_marker() not in (None, "None", "") for line in curves)
+
+
+def test_curve_table_by_hand(tmp_path):
+    """plot_runs --bins: per span of steps, the mean over every run's rollout batches in it (update-only rows, which
+    carry no acc, are not counted), worked out by hand for two runs with rollout batches at steps 1, 3, 5."""
+    import plot_runs
+    for name, accs in (("a", [0.1, 0.3, 0.5]), ("b", [0.3, 0.5, 0.9])):
+        rows = []
+        for k, acc in enumerate(accs):
+            rows += [dict(step=2 * k + 1, acc=acc, sound_acc=acc / 2), dict(step=2 * k + 2, kl=0.0)]
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = plot_runs.curve_table([("x", [str(tmp_path / "a"), str(tmp_path / "b")])], 4).splitlines()
+    # steps 1-4: batches at 1 and 3 of both runs, (0.1 + 0.3 + 0.3 + 0.5) / 4; steps 5-8: (0.5 + 0.9) / 2
+    assert table[2:] == ["| x | 1-4 | 0.300 | 0.150 | 4 |", "| x | 5-8 | 0.700 | 0.350 | 2 |"]
 
 
 @pytest.mark.parametrize("script,sentence", [
