@@ -1,5 +1,6 @@
-"""Draw igpo.py runs side by side: on-policy accuracy and sound accuracy, all-wrong share before and after the rescue, reward, KL,
-clip fraction and grad norm against the optimizer step, one line per run (or per group of runs: the mean).
+"""Draw igpo.py runs side by side: on-policy accuracy and sound accuracy, all-wrong share before and after the
+rescue, reward, KL, clip fraction and grad norm against the optimizer step, one line per run (or per group of runs:
+the mean).
 
 Run:  python experiments/plot_runs.py runs/igpo-task runs/my-ablation --out compare.png
       python experiments/plot_runs.py "igpo=runs/claim-runs/task-ext1/igpo-seed*" \
@@ -15,7 +16,8 @@ import json
 import os
 import statistics
 
-PANELS = [("acc", "on-policy accuracy (correct rollouts)"), ("sound_acc", "on-policy sound accuracy (right, every line right)"),
+PANELS = [("acc", "on-policy accuracy (correct rollouts)"),
+          ("sound_acc", "on-policy sound accuracy (right, every line right)"),
           ("all_wrong_before", "all-wrong share before rescue"),
           ("all_wrong_after", "all-wrong share after rescue"), ("reward", "mean reward"),
           ("kl", "k3 KL to the reference (kept tokens)"), ("clip_frac", "clipped fraction (kept tokens)"),

@@ -201,8 +201,8 @@ def test_curves_show_runs_of_one_rollout_batch(tmp_path, monkeypatch):
     import plot_runs
     figs = []
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: figs.append(fig))
-    row = dict(step=1, acc=0.5, sound_acc=0.25, all_wrong_before=0.25, all_wrong_after=0.0, reward=1.0, kl=0.0, clip_frac=0.0,
-               grad_norm=1.0)
+    row = dict(step=1, acc=0.5, sound_acc=0.25, all_wrong_before=0.25, all_wrong_after=0.0, reward=1.0, kl=0.0,
+               clip_frac=0.0, grad_norm=1.0)
     claim.plot([dict(level=0, arm=claim.REFERENCE, seed=0, rows=[row])], {0.0: dict(all_wrong=0.3)}, str(tmp_path), 0)
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.jsonl").write_text(json.dumps(row) + "\n")
