@@ -64,13 +64,14 @@ def main():
     p.add_argument("--out", default="runs/compare.png", help="the PNG to write")
     p.add_argument("--bins", type=int, default=0, help="also print mean acc / sound acc per span of this many steps")
     a = p.parse_args()
+    grouped = groups(a.runs)
     if a.bins:
-        print(curve_table(groups(a.runs), a.bins))
+        print(curve_table(grouped, a.bins))
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(3, 3, figsize=(15, 11))
-    for label, dirs in groups(a.runs):
+    for label, dirs in grouped:
         for ax, (key, title) in zip(axes.flat, PANELS):
             per_run = [series(d, key) for d in dirs]
             steps = sorted(set.intersection(*(set(s) for s in per_run)))
