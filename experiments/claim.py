@@ -27,9 +27,11 @@ need matplotlib (experiment-only).
 --keep reuses every run of OUT/claim.json with the same level, arm, seed and igpo.py flags that ran the same code
 (a hash of the top-level .py files, recorded with the commit in every run; --keep_stale reuses runs of other code
 too) and never drops a run that is already there. A seeded run is bit for bit the same on one code and thread count
-(all runs use 1 thread; tests/test_claim.py checks it), not necessarily across commits. claim.json's history (each
-command as run, its commit and code hash) is written by this script only: to add runs to the committed results,
-run with --out experiments/results/claim --keep.
+(all runs use 1 thread; tests/test_claim.py checks it), not necessarily across commits. A run saves a checkpoint
+every --save_every steps (deleted when it ends): a claim killed mid-run and run again resumes each unfinished run
+from its last checkpoint, to the same numbers, if the code and flags are those it started with (claim-run.json in
+its folder; otherwise it starts afresh). claim.json's history (each command as run, its commit and code hash) is
+written by this script only: to add runs to the committed results, run with --out experiments/results/claim --keep.
 """
 import argparse
 import glob
@@ -38,6 +40,7 @@ import json
 import math
 import multiprocessing
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -64,6 +67,8 @@ ARMS = {  # name -> igpo.py flags on top of the task preset; adding an arm is on
     "igpo_dual_cache": ["--fast_cache", "dual"],     # rollouts with the dual (prefix + suffix) KV cache
 }
 QUICK_TEST = 20  # --quick scores the first QUICK_TEST problems of each test set
+QUICK_FLAGS = ["--steps", "2", "--prompts_per_step", "4"]  # --quick: 1 rollout batch of 4 prompts, 2 steps
+RESUMABLE = ("--save_every", "--resume")  # flags that never change a run's numbers (tests/test_faults.py)
 REFERENCE = "igpo"  # paired differences: REFERENCE minus every other arm (the first arm if REFERENCE is absent)
 
 
@@ -77,8 +82,15 @@ def run_flags(level, arm, seed, args):
     """igpo.py's flags for one run (with the same code, the same flags mean the same run)."""
     flags = ["--model", args.model, "--data", level_name(level), "--seed", str(seed), "--out_dir",
              os.path.join(args.runs, level_name(level), f"{arm}-seed{seed}"), "--eval_limit", "0",
-             "--save_every", "0", "--save_last", "model", *ARMS[arm], *args.extra]
-    return flags + (["--steps", "2", "--prompts_per_step", "4"] if args.quick else [])
+             "--save_every", str(args.save_every), "--resume", "on", "--save_last", "model", *ARMS[arm], *args.extra]
+    return flags + (QUICK_FLAGS if args.quick else [])
+
+
+def same_run(a, b):
+    """Whether igpo.py flags a and b make the same run: equal but for the flags that only make it resumable."""
+    def strip(f):
+        return [x for i, x in enumerate(f) if x not in RESUMABLE and (i == 0 or f[i - 1] not in RESUMABLE)]
+    return strip(a) == strip(b)
 
 
 def finish(job, run, args):
@@ -99,15 +111,33 @@ def finish(job, run, args):
 def train(level, arm, seed, args):
     """One igpo.py run; returns its record (flags and metrics rows); the final policy is in OUT_DIR/final."""
     flags = run_flags(level, arm, seed, args)
-    out = flags[flags.index("--out_dir") + 1]
-    if os.path.exists(os.path.join(out, "metrics.jsonl")):
-        os.remove(os.path.join(out, "metrics.jsonl"))
+    out = os.path.join(ROOT, flags[flags.index("--out_dir") + 1])
+    marker, me = os.path.join(out, "claim-run.json"), dict(flags=flags, code=args.code)
+    if not (os.path.exists(marker) and json.load(open(marker)) == me):  # a checkpoint of other flags or code: gone
+        remove(out, "metrics.jsonl", "latest", "final", "step-*")
+        os.makedirs(out, exist_ok=True)
+        json.dump(me, open(marker, "w"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "igpo.py", *flags], cwd=ROOT, env=env, capture_output=True, text=True)
+    name = f"{level_name(level)} {arm} seed {seed}"
     if r.returncode != 0:
-        raise SystemExit(f"{level_name(level)} {arm} seed {seed} failed:\n{r.stderr[-3000:]}")
+        raise SystemExit(f"{name} failed:\n{r.stderr[-3000:]}")
+    if not os.path.exists(os.path.join(out, "final", "config.json")):  # its last step fell on a save: step-N
+        last = open(os.path.join(out, "latest")).read().strip()
+        ckpt = os.path.join(out, last)
+        if json.load(open(os.path.join(ckpt, "trainer_state.json")))["step"] < \
+                json.load(open(os.path.join(ckpt, "igpo_config.json")))["steps"]:
+            raise SystemExit(f"{name}: stopped at {last} (SIGTERM); a re-run resumes it from there")
+        os.replace(ckpt, os.path.join(out, "final"))
+    remove(out, "step-*", "latest")  # the run is done: its checkpoints are not needed
     rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     return dict(level=level, arm=arm, seed=seed, flags=flags, rows=rows, tests={}, commit=args.commit, code=args.code)
+
+
+def remove(folder, *patterns):
+    """Delete the files and folders in folder that match the glob patterns."""
+    for path in (p for pattern in patterns for p in glob.glob(os.path.join(glob.escape(folder), pattern))):
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
 def score(model_dir, level, test_seed, args, out_dir):
@@ -445,6 +475,8 @@ def main():
                    "structure only")
     p.add_argument("--out", default="runs/claim", help="claim.md/.json/.png and runs.tsv (scratch by default)")
     p.add_argument("--runs", default="runs/claim-runs", help="each run's igpo.py output and evaluation rows")
+    p.add_argument("--save_every", type=int, default=40, help="optimizer steps between a run's checkpoints (0: "
+                   "none): a killed claim resumes its unfinished runs from them")
     p.add_argument("--start_prompts", type=int, default=256, help="RL prompts for the start's all-wrong share")
     p.add_argument("--keep", action="store_true", help="reuse the runs of OUT/claim.json with the same level, arm, "
                    "seed and flags; run only the others (never drops a run)")
@@ -481,7 +513,7 @@ def main():
     for r in old["results"]:
         key = (r["level"], r["arm"], r["seed"])
         name = f"{level_name(r['level'])} {r['arm']} seed {r['seed']}"
-        if r["flags"] == run_flags(*key, args) and (key not in jobs or reusable(r, name, args)):
+        if same_run(r["flags"], run_flags(*key, args)) and (key not in jobs or reusable(r, name, args)):
             done[key] = r
     todo = [job for job in jobs if job not in done]
 

@@ -172,6 +172,45 @@ def test_a_rerun_is_bit_for_bit_and_keep_reuses_only_runs_of_the_same_code(tmp_p
     assert "1 run," in md and "1 runs" not in md
 
 
+def test_a_killed_run_resumes_from_its_checkpoint_exactly_and_only_with_the_same_code(tmp_path, monkeypatch):
+    """A run killed after its step-2 checkpoint (of 4 steps) resumes from it on the next attempt and ends with the
+    rows of an unkilled run; its last step fell on a save, so step-4 becomes `final` and no checkpoint is left. A
+    checkpoint of other code is never resumed."""
+    import subprocess
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(claim, "QUICK_FLAGS", ["--steps", "4", "--prompts_per_step", "4"])
+    save_tiny_task_model(tmp_path / "ck")
+    args = SimpleNamespace(model=str(tmp_path / "ck"), quick=True, save_every=2, extra=TINY[1:], commit="c", code="c")
+    whole = claim.train(data.TASK_MAIN, claim.REFERENCE, 0, SimpleNamespace(**vars(args), runs=str(tmp_path / "a")))
+    run, calls, real = SimpleNamespace(**vars(args), runs=str(tmp_path / "b")), [], subprocess.run
+
+    def killed_after_step_2(cmd, **kw):  # a SIGKILL between the save at step 2 and the end
+        calls.append(real(cmd, **kw))
+        out = cmd[cmd.index("--out_dir") + 1]
+        if len(calls) == 1:
+            claim.remove(out, "step-4", "final")
+            open(os.path.join(out, "latest"), "w").write("step-2\n")
+            return subprocess.CompletedProcess(cmd, -9, "", "killed")
+        return calls[-1]
+    monkeypatch.setattr(claim.subprocess, "run", killed_after_step_2)
+    with pytest.raises(SystemExit, match="failed"):
+        claim.train(data.TASK_MAIN, claim.REFERENCE, 0, run)
+    resumed = claim.train(data.TASK_MAIN, claim.REFERENCE, 0, run)
+    assert "resumed from" in calls[1].stdout + calls[1].stderr and "at step 2" in calls[1].stdout + calls[1].stderr
+    untimed = lambda rows: [{k: v for k, v in r.items() if not k.startswith("t_")} for r in rows]  # noqa: E731
+    assert len(whole["rows"]) == 4 and untimed(resumed["rows"]) == untimed(whole["rows"])
+    out = os.path.join(str(tmp_path / "b"), claim.level_name(data.TASK_MAIN), f"{claim.REFERENCE}-seed0")
+    assert sorted(os.listdir(out)) == ["claim-run.json", "config.json", "final", "metrics.jsonl"]
+    i = resumed["flags"].index("--save_every")  # the flags of a claim whose runs were not resumable: the same run
+    unresumable = resumed["flags"][:i] + ["--save_every", "0"] + resumed["flags"][i + 4:]
+    assert claim.same_run(resumed["flags"], unresumable) and not claim.same_run(resumed["flags"], unresumable[:-2])
+    calls.clear()  # killed again, then re-run by other code: it starts afresh
+    with pytest.raises(SystemExit, match="failed"):
+        claim.train(data.TASK_MAIN, claim.REFERENCE, 0, run)
+    claim.train(data.TASK_MAIN, claim.REFERENCE, 0, SimpleNamespace(**{**vars(run), "code": "other"}))
+    assert "resumed from" not in calls[1].stdout + calls[1].stderr
+
+
 def test_code_hash_covers_every_module_a_run_imports(tmp_path, monkeypatch):
     """The hash --keep compares covers igpo.py and every repo module it imports (eval.py, which scores a run, among
     them): an edit to any of them changes it."""
