@@ -117,9 +117,18 @@ def train(level, arm, seed, args):
         remove(out, "metrics.jsonl", "latest", "final", "step-*")
         os.makedirs(out, exist_ok=True)
         json.dump(me, open(marker, "w"))
+    name = f"{level_name(level)} {arm} seed {seed}"
+    if not os.path.exists(os.path.join(out, "final", "config.json")):  # else it ended, but claim.json missed it
+        run_igpo(out, flags, name)
+    remove(out, "step-*", "latest")  # the run is done: its checkpoints are not needed
+    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    return dict(level=level, arm=arm, seed=seed, flags=flags, rows=rows, tests={}, commit=args.commit, code=args.code)
+
+
+def run_igpo(out, flags, name):
+    """igpo.py with flags, at 1 thread (resuming from out's latest checkpoint, if any); its policy ends in out/final."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "igpo.py", *flags], cwd=ROOT, env=env, capture_output=True, text=True)
-    name = f"{level_name(level)} {arm} seed {seed}"
     if r.returncode != 0:
         raise SystemExit(f"{name} failed:\n{r.stderr[-3000:]}")
     if not os.path.exists(os.path.join(out, "final", "config.json")):  # its last step fell on a save: step-N
@@ -129,9 +138,6 @@ def train(level, arm, seed, args):
                 json.load(open(os.path.join(ckpt, "igpo_config.json")))["steps"]:
             raise SystemExit(f"{name}: stopped at {last} (SIGTERM); a re-run resumes it from there")
         os.replace(ckpt, os.path.join(out, "final"))
-    remove(out, "step-*", "latest")  # the run is done: its checkpoints are not needed
-    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
-    return dict(level=level, arm=arm, seed=seed, flags=flags, rows=rows, tests={}, commit=args.commit, code=args.code)
 
 
 def remove(folder, *patterns):

@@ -174,41 +174,44 @@ def test_a_rerun_is_bit_for_bit_and_keep_reuses_only_runs_of_the_same_code(tmp_p
 
 def test_a_killed_run_resumes_from_its_checkpoint_exactly_and_only_with_the_same_code(tmp_path, monkeypatch):
     """A run killed after its step-2 checkpoint (of 4 steps) resumes from it on the next attempt and ends with the
-    rows of an unkilled run; its last step fell on a save, so step-4 becomes `final` and no checkpoint is left. A
-    checkpoint of other code is never resumed."""
+    rows of an unkilled run; its last step fell on a save, so step-4 becomes `final` and no checkpoint is left. A run
+    that ended but was not recorded is not run again. A checkpoint of other code is never resumed."""
     import subprocess
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(claim, "QUICK_FLAGS", ["--steps", "4", "--prompts_per_step", "4"])
     save_tiny_task_model(tmp_path / "ck")
     args = SimpleNamespace(model=str(tmp_path / "ck"), quick=True, save_every=2, extra=TINY[1:], commit="c", code="c")
     whole = claim.train(data.TASK_MAIN, claim.REFERENCE, 0, SimpleNamespace(**vars(args), runs=str(tmp_path / "a")))
-    run, calls, real = SimpleNamespace(**vars(args), runs=str(tmp_path / "b")), [], subprocess.run
+    run, calls, kill, real = SimpleNamespace(**vars(args), runs=str(tmp_path / "b")), [], [True], subprocess.run
+    out = os.path.join(str(tmp_path / "b"), claim.level_name(data.TASK_MAIN), f"{claim.REFERENCE}-seed0")
 
-    def killed_after_step_2(cmd, **kw):  # a SIGKILL between the save at step 2 and the end
+    def run_igpo(cmd, **kw):  # kill[0]: a SIGKILL between the save at step 2 and the end
         calls.append(real(cmd, **kw))
-        out = cmd[cmd.index("--out_dir") + 1]
-        if len(calls) == 1:
+        if kill[0]:
+            kill[0] = False
             claim.remove(out, "step-4", "final")
             open(os.path.join(out, "latest"), "w").write("step-2\n")
             return subprocess.CompletedProcess(cmd, -9, "", "killed")
         return calls[-1]
-    monkeypatch.setattr(claim.subprocess, "run", killed_after_step_2)
+    log = lambda k: calls[k].stdout + calls[k].stderr  # noqa: E731
+    monkeypatch.setattr(claim.subprocess, "run", run_igpo)
     with pytest.raises(SystemExit, match="failed"):
         claim.train(data.TASK_MAIN, claim.REFERENCE, 0, run)
     resumed = claim.train(data.TASK_MAIN, claim.REFERENCE, 0, run)
-    assert "resumed from" in calls[1].stdout + calls[1].stderr and "at step 2" in calls[1].stdout + calls[1].stderr
+    assert "resumed from" in log(1) and "at step 2" in log(1)
     untimed = lambda rows: [{k: v for k, v in r.items() if not k.startswith("t_")} for r in rows]  # noqa: E731
     assert len(whole["rows"]) == 4 and untimed(resumed["rows"]) == untimed(whole["rows"])
-    out = os.path.join(str(tmp_path / "b"), claim.level_name(data.TASK_MAIN), f"{claim.REFERENCE}-seed0")
     assert sorted(os.listdir(out)) == ["claim-run.json", "config.json", "final", "metrics.jsonl"]
+    assert claim.train(data.TASK_MAIN, claim.REFERENCE, 0, run) == resumed and len(calls) == 2  # not run again
     i = resumed["flags"].index("--save_every")  # the flags of a claim whose runs were not resumable: the same run
     unresumable = resumed["flags"][:i] + ["--save_every", "0"] + resumed["flags"][i + 4:]
     assert claim.same_run(resumed["flags"], unresumable) and not claim.same_run(resumed["flags"], unresumable[:-2])
-    calls.clear()  # killed again, then re-run by other code: it starts afresh
+    claim.remove(out, "final")
+    kill[0] = True  # killed again, then re-run by other code: it starts afresh
     with pytest.raises(SystemExit, match="failed"):
         claim.train(data.TASK_MAIN, claim.REFERENCE, 0, run)
     claim.train(data.TASK_MAIN, claim.REFERENCE, 0, SimpleNamespace(**{**vars(run), "code": "other"}))
-    assert "resumed from" not in calls[1].stdout + calls[1].stderr
+    assert "resumed from" not in log(3) and len(calls) == 4
 
 
 def test_code_hash_covers_every_module_a_run_imports(tmp_path, monkeypatch):
