@@ -403,6 +403,11 @@ def plot(results, starts, out, test_seed):
     return True
 
 
+def interval(mean, lo, hi):
+    """A paired difference and its 95% interval, as a table cell (one seed has none)."""
+    return f"{mean:+.3f} (1 seed)" if math.isnan(lo) else f"{mean:+.3f} ({lo:+.3f} to {hi:+.3f})"
+
+
 def plural(n, noun):
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
@@ -455,7 +460,7 @@ def write(args, res, quiet=False):
     for key, what in (("test", ""), ("sound", ", sound pass@1")):
         for arm, by_level in dose(res["results"], starts, ts, key)[1].items():
             text.append(f"| {ref} − {arm}{what} | " + " | ".join(
-                "{1:+.3f} ({2:+.3f} to {3:+.3f})".format(*by_level[lv]) if lv in by_level else "" for lv in levels) + " |")
+                interval(*by_level[lv][1:]) if lv in by_level else "" for lv in levels) + " |")
     if has_plot and curves:
         text.append("\n![dose-response](dose.png)")
     with open(os.path.join(args.out, "claim.md"), "w") as f:

@@ -46,6 +46,7 @@ def test_claim_levels_arms_keep_test_seed_and_report(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "dose.png").exists() == PLOTS and f"| {claim.REFERENCE} − probe | " in md
     assert ("![dose-response](dose.png)" in md) == PLOTS  # no broken image links without matplotlib
     assert f"| {claim.REFERENCE} − probe, sound pass@1 | " in md  # the dose-response in both metrics
+    assert "nan" not in md and md.count(" (1 seed) |") == 2 * 2  # 2 levels x 2 metrics, 1 seed: no interval
     for lv, section in zip((5, 7), md.split("## Level task-")[1:]):  # the main level's test is the standard test
         assert ("| standard test |" in section) == (lv != data.TASK_MAIN), lv  # ... so its columns are not shown twice
     tsv = open(tmp_path / "out" / "runs.tsv").read().splitlines()
