@@ -53,6 +53,7 @@ import torch  # noqa: E402
 
 import data  # noqa: E402
 import eval as E  # noqa: E402
+import launch  # noqa: E402
 import model as M  # noqa: E402
 
 ARMS = {  # name -> igpo.py flags on top of the task preset; adding an arm is one line
@@ -93,6 +94,10 @@ def same_run(a, b):
     return strip(a) == strip(b)
 
 
+def run_name(level, arm, seed):
+    return f"{level_name(level)} {arm} seed {seed}"
+
+
 def finish(job, run, args):
     """Train the run of job (level, arm, seed) unless `run` (its finished record) is given, then score its final
     policy on the level's test set of args.test_seed (and the standard test) unless it already was."""
@@ -103,7 +108,7 @@ def finish(job, run, args):
         if not os.path.exists(os.path.join(final, "config.json")):
             raise SystemExit(f"{final}: missing, so {job} cannot be scored on test seed {args.test_seed}")
         run["tests"].update(score(final, job[0], args.test_seed, args, os.path.join(ROOT, out)))
-    print(f"  {level_name(job[0])} {job[1]} seed {job[2]}: level test "
+    print(f"  {run_name(*job)}: level test "
           f"{run['tests'][f'level@{args.test_seed}']['accuracy']:.3f}", flush=True)
     return run
 
@@ -113,11 +118,13 @@ def train(level, arm, seed, args):
     flags = run_flags(level, arm, seed, args)
     out = os.path.join(ROOT, flags[flags.index("--out_dir") + 1])
     marker, me = os.path.join(out, "claim-run.json"), dict(flags=flags, code=args.code)
-    if not (os.path.exists(marker) and json.load(open(marker)) == me):  # a checkpoint of other flags or code: gone
+    if read_json(marker) != me:  # a checkpoint of other flags or code (or none, or a torn marker): gone
         remove(out, "metrics.jsonl", "latest", "final", "step-*")
         os.makedirs(out, exist_ok=True)
-        json.dump(me, open(marker, "w"))
-    name = f"{level_name(level)} {arm} seed {seed}"
+        with open(marker + ".tmp", "w") as f:
+            json.dump(me, f)
+        os.replace(marker + ".tmp", marker)  # atomic: a kill leaves the old marker or the new one, never half
+    name = run_name(level, arm, seed)
     if not os.path.exists(os.path.join(out, "final", "config.json")):  # else it ended, but claim.json missed it
         run_igpo(out, flags, name)
     remove(out, "step-*", "latest")  # the run is done: its checkpoints are not needed
@@ -132,12 +139,20 @@ def run_igpo(out, flags, name):
     if r.returncode != 0:
         raise SystemExit(f"{name} failed:\n{r.stderr[-3000:]}")
     if not os.path.exists(os.path.join(out, "final", "config.json")):  # its last step fell on a save: step-N
-        last = open(os.path.join(out, "latest")).read().strip()
-        ckpt = os.path.join(out, last)
+        ckpt = launch.latest_checkpoint(out)
         if json.load(open(os.path.join(ckpt, "trainer_state.json")))["step"] < \
                 json.load(open(os.path.join(ckpt, "igpo_config.json")))["steps"]:
-            raise SystemExit(f"{name}: stopped at {last} (SIGTERM); a re-run resumes it from there")
+            raise SystemExit(f"{name}: stopped at {os.path.basename(ckpt)} (SIGTERM); a re-run resumes it from there")
         os.replace(ckpt, os.path.join(out, "final"))
+
+
+def read_json(path):
+    """The JSON in path, or None if it is missing or unreadable (torn by a kill)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def remove(folder, *patterns):
@@ -523,7 +538,7 @@ def main():
     done = {}  # the finished runs reused: same flags and (asked for) same code
     for r in old["results"]:
         key = (r["level"], r["arm"], r["seed"])
-        name = f"{level_name(r['level'])} {r['arm']} seed {r['seed']}"
+        name = run_name(*key)
         if same_run(r["flags"], run_flags(*key, args)) and (key not in jobs or reusable(r, name, args)):
             done[key] = r
     todo = [job for job in jobs if job not in done]

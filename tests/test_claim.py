@@ -176,7 +176,8 @@ def test_a_rerun_is_bit_for_bit_and_keep_reuses_only_runs_of_the_same_code(tmp_p
 def test_a_killed_run_resumes_from_its_checkpoint_exactly_and_only_with_the_same_code(tmp_path, monkeypatch):
     """A run killed after its step-2 checkpoint (of 4 steps) resumes from it on the next attempt and ends with the
     rows of an unkilled run; its last step fell on a save, so step-4 becomes `final` and no checkpoint is left. A run
-    that ended but was not recorded is not run again. A checkpoint of other code is never resumed."""
+    that ended but was not recorded is not run again. A checkpoint of other code, or under a marker torn by a kill, is
+    never resumed."""
     import subprocess
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(claim, "QUICK_FLAGS", ["--steps", "4", "--prompts_per_step", "4"])
@@ -207,12 +208,17 @@ def test_a_killed_run_resumes_from_its_checkpoint_exactly_and_only_with_the_same
     i = resumed["flags"].index("--save_every")  # the flags of a claim whose runs were not resumable: the same run
     unresumable = resumed["flags"][:i] + ["--save_every", "0"] + resumed["flags"][i + 4:]
     assert claim.same_run(resumed["flags"], unresumable) and not claim.same_run(resumed["flags"], unresumable[:-2])
-    claim.remove(out, "final")
-    kill[0] = True  # killed again, then re-run by other code: it starts afresh
-    with pytest.raises(SystemExit, match="failed"):
-        claim.train(data.TASK_MAIN, claim.REFERENCE, 0, run)
-    claim.train(data.TASK_MAIN, claim.REFERENCE, 0, SimpleNamespace(**{**vars(run), "code": "other"}))
-    assert "resumed from" not in log(3) and len(calls) == 4
+    marker = os.path.join(out, "claim-run.json")
+    for attempt, torn, code in [(3, True, "c"), (5, False, "other")]:  # killed again, then re-run with a marker torn
+        claim.remove(out, "final")                                      # by a kill, or by other code: afresh
+        kill[0] = True
+        with pytest.raises(SystemExit, match="failed"):
+            claim.train(data.TASK_MAIN, claim.REFERENCE, 0, run)
+        if torn:
+            open(marker, "w").write(open(marker).read()[:20])
+        claim.train(data.TASK_MAIN, claim.REFERENCE, 0, SimpleNamespace(**{**vars(run), "code": code}))
+        assert "resumed from" not in log(attempt) and len(calls) == attempt + 1
+        assert json.load(open(marker))["code"] == code
 
 
 def test_code_hash_covers_every_module_a_run_imports(tmp_path, monkeypatch):
