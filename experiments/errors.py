@@ -30,25 +30,31 @@ import data  # noqa: E402
 KINDS = ("sound", "read", "carry", "arith", "short", "long")
 
 
-def first_error(question, text):
-    """(kind, line index or None, box = lines' results): the first failure of a completion (see the docstring)."""
+def line_faults(question, text):
+    """The faults of each written line matched with an operation, by position ({"read", "carry", "arith"}, empty
+    when right; carry compares with the previous line's written result), the number of lines minus the number of
+    operations, and whether the box holds the lines' own results."""
     value = int(re.search(r"has (\d+)", question)[1])
     ops = [(data._OPS[verb], int(n)) for verb, n in re.findall(r"(gets|finds|loses|gives) (\d+)", question)]
-    lines = re.findall(r"(\d+)\s*([+-])\s*(\d+)\s*=\s*(\d+)", text.split("</reasoning>")[0])
+    lines = [(int(a), op, int(n), int(c)) for a, op, n, c in
+             re.findall(r"(\d+)\s*([+-])\s*(\d+)\s*=\s*(\d+)", text.split("</reasoning>")[0])]
     box = re.findall(r"\\boxed\{([^}]*)\}", text)
-    own = bool(box) and box[-1].strip() == "".join(c for *_, c in lines)
-    for k, ((a, op, n, c), (op_q, n_q)) in enumerate(zip(lines, ops)):
-        a, n, c = int(a), int(n), int(c)
-        if (op, n) != (op_q, n_q):
-            return "read", k, own
-        if a != value:
-            return "carry", k, own
-        if c != (a + n if op == "+" else a - n):
-            return "arith", k, own
+    faults = []
+    for (a, op, n, c), (op_q, n_q) in zip(lines, ops):
+        faults.append({k for k, bad in (("read", (op, n) != (op_q, n_q)), ("carry", a != value),
+                                        ("arith", c != (a + n if op == "+" else a - n))) if bad})
         value = c
-    if len(lines) != len(ops):
-        return ("short" if len(lines) < len(ops) else "long"), None, own
-    return "sound", None, own
+    return faults, len(lines) - len(ops), bool(box) and box[-1].strip() == "".join(str(c) for *_, c in lines)
+
+
+def first_error(question, text):
+    """(kind, line index or None, box = lines' results): the first failure of a completion (see the docstring)."""
+    faults, extra, own = line_faults(question, text)
+    for k, f in enumerate(faults):
+        for kind in ("read", "carry", "arith"):  # one line with several faults: named by the first of these
+            if kind in f:
+                return kind, k, own
+    return ("sound" if extra == 0 else "short" if extra < 0 else "long"), None, own
 
 
 def tally(files):

@@ -9,13 +9,10 @@ Run:  python experiments/paired_eval.py experiments/results/main-job/eval-step-0
 import collections
 import json
 import math
-import os
-import re
 import statistics
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import data  # noqa: E402
+import errors
 
 
 METRICS = {"pass@1": lambda r: float(bool(r["correct"])),  # per-problem row -> score
@@ -39,19 +36,9 @@ def slips(r):
     """The kinds of wrong line in a task row (its prompt holds the question): "arithmetic" (a written line a op n=c
     with c != a op n), "operation" (op or n not the question's k-th), "previous value" (a not the previous line's
     written result, or the start), "line count" (not one line per operation; then nothing else is checked)."""
-    value = int(re.search(r"has (\d+)", r["prompt"])[1])
-    ops = [(data._OPS[verb], int(n)) for verb, n in re.findall(r"(gets|finds|loses|gives) (\d+)", r["prompt"])]
-    lines = re.findall(r"(\d+)\s*([+-])\s*(\d+)\s*=\s*(\d+)", r["completion"].split("</reasoning>")[0])
-    if len(lines) != len(ops):
-        return {"line count"}
-    out = set()
-    for (a, op, n, c), (op_q, n_q) in zip(lines, ops):
-        a, n, c = int(a), int(n), int(c)
-        out |= {"arithmetic"} if c != (a + n if op == "+" else a - n) else set()
-        out |= {"operation"} if (op, n) != (op_q, n_q) else set()
-        out |= {"previous value"} if a != value else set()
-        value = c
-    return out
+    faults, extra, _ = errors.line_faults(r["prompt"], r["completion"])
+    names = {"read": "operation", "carry": "previous value", "arith": "arithmetic"}
+    return {"line count"} if extra else {names[f] for line in faults for f in line}
 
 
 def main(a_path, b_path):
@@ -65,7 +52,7 @@ def main(a_path, b_path):
         right = [x for x in r.values() if x["correct"]]
         print(f"sound / right in {path}: {sum(bool(x.get('sound')) for x in right) / max(1, len(right)):.3f}")
         if right and "sound" in right[0]:
-            kinds = collections.Counter(k for x in right if not x["sound"] for k in slips(x))
+            kinds = sorted(collections.Counter(k for x in right if not x["sound"] for k in slips(x)).items())
             print(f"  right but unsound: {sum(not x['sound'] for x in right)}; with a line of each kind: {dict(kinds)}")
 
 
