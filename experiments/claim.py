@@ -292,7 +292,8 @@ def t975(df):
 
 
 def mean_std(xs):
-    return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.3f}"
+    """mean ± sample std over seeds; one seed has no spread, so just its value (not '± 0.000')."""
+    return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
 
 
 def paired_interval(d):
