@@ -54,24 +54,24 @@ def line_faults(question, text):
 
 def first_error(question, text):
     """(kind, line index or None, the box's kind): the first failure of a completion (see the docstring)."""
-    faults, extra, own = line_faults(question, text)
+    faults, extra, box = line_faults(question, text)
     for k, f in enumerate(faults):
         for kind in ("read", "carry", "arith"):  # one line with several faults: named by the first of these
             if kind in f:
-                return kind, k, own
-    return ("sound" if extra == 0 else "short" if extra < 0 else "long"), None, own
+                return kind, k, box
+    return ("sound" if extra == 0 else "short" if extra < 0 else "long"), None, box
 
 
 def tally(files):
-    """Counts of first-error kinds, box = lines, right answers, and the first misread line, over the rows of files."""
+    """Counts of first-error kinds, box kinds, right answers and first misread lines over the rows of files (a row's
+    prompt holds its question; nothing else in it has a number after "has" or a verb)."""
     t = collections.Counter()
     for f in files:
         for row in map(json.loads, open(f)):
-            question = re.search(r"user<\|end_header_id\|>\s*(.*?)<\|eot_id\|>", row["prompt"], re.S)[1]
-            kind, k, own = first_error(question, row["completion"])
+            kind, k, box = first_error(row["prompt"], row["completion"])
             assert (kind == "sound") == bool(row["sound"]), (f, row["id"])  # the same check as data.task_sound
             t[kind] += 1
-            t[own] += 1
+            t[box] += 1
             t["right"] += bool(row["correct"])
             t["n"] += 1
             if kind == "read":
@@ -84,8 +84,8 @@ def table(levels, standard):
     rows, seen_start = [], False
     for level in levels:
         groups, name = collections.defaultdict(list), os.path.basename(os.path.normpath(level))
-        own = "eval-level@0.jsonl"  # claim.py's names: the level's test (test seed 0), the standard test
-        file = own if not standard or name == f"task-{data.TASK_MAIN}" else "eval-task.jsonl"
+        level_test = "eval-level@0.jsonl"  # claim.py's names: the level's test (test seed 0), the standard test
+        file = level_test if not standard or name == f"task-{data.TASK_MAIN}" else "eval-task.jsonl"
         for f in sorted(glob.glob(os.path.join(glob.escape(level), "*", file))):
             run = os.path.basename(os.path.dirname(f))
             groups[f"{name} {run.split('-seed')[0]}"].append(f)
