@@ -171,7 +171,7 @@ def load_split(name: str, split: str = "test", source: str | None = None) -> lis
 
 def rl_prompts(name: str, limit: int = 0):
     """The first `limit` (0: all) of igpo.py's RL prompts (task level, JSONL or train split), and their chat builder."""
-    if name.startswith("task"):  # task, or a difficulty level task-ext<share>
+    if name.startswith("task"):  # task, or a difficulty level task-<n>[b<k>]
         items, messages = task_level(name, "rl"), task_messages
     elif name.endswith(".jsonl"):  # question, answer; an optional solution is the reference trace
         items, messages = read_jsonl(name, ("question", "answer")), build_messages
@@ -195,10 +195,9 @@ def shard(items: list, rank: int, world: int) -> list:
 # the question (a 4-layer d=128 model learns no two-digit arithmetic in minutes on 2 cores; ordinals let it find the
 # k-th operand). The answer is every step's result, one digit each (no 0: numeric equivalence is string equality),
 # so it cannot be guessed (6 x 5^n chains of n steps) and is right only if every result is (docs/task.md measures
-# how often a right box sits on a wrong line). Difficulty is the chain length n, a rule on the problem: level
-# `task-<n>`. SFT sees lengths 1..7 with TASK_SFT_WEIGHTS, long ones rarely: the start is at the edge of its
-# competence. Held out by construction: each level's rl, val and test chains are distinct and drawn before SFT's,
-# which avoids them all (tests/test_task.py); short chains repeat in SFT reworded (there are 30 of one step).
+# how often a right box sits on a wrong line). Difficulty is a rule on the problem: chain length n (`task-<n>`; SFT
+# sees lengths 1..7 at TASK_SFT_WEIGHTS, long ones rarely) and big steps (`task-<n>b<k>`). Held out by construction
+# (tests/test_task.py): level sets are drawn before SFT, which avoids them, or fresh; SFT rewords short chains.
 TASK_VALUES = (1, 6)                       # every value of a chain lies in lo..hi
 TASK_NAMES = {"Tom": "He", "Sam": "He", "Leo": "He", "Ann": "She", "Mia": "She", "Eva": "She"}
 TASK_THINGS = ("coins", "apples", "cards", "pens", "shells", "books")
@@ -260,9 +259,8 @@ def _task_splits(sft_weights):
                     held.add(chain)
                     items.append(dict(id=f"task-{split}-{n}-{len(items)}", **item))
             out[f"{split}-{n}"] = items
-    size, seed = TASK_SFT
-    rng, out["sft"] = random.Random(seed), []
-    while len(out["sft"]) < size:
+    rng, out["sft"] = random.Random(TASK_SFT[1]), []
+    while len(out["sft"]) < TASK_SFT[0]:
         n, chain = rng.choices(range(1, len(sft_weights) + 1), sft_weights)[0], None
         while chain is None or chain in held:  # redraw at the same length, so held-out chains do not skew lengths
             item, chain = task_problem(rng, n)
@@ -271,26 +269,30 @@ def _task_splits(sft_weights):
 
 
 def task_level(name, split, draw=0):
-    """Items of level `task-<n>` (`task`: TASK_MAIN) for split rl | val | test; ValueError for another name.
-    draw > 0: a fresh set of the split's size and length, chains outside every other set and SFT (a new test draw)."""
-    m = re.fullmatch(r"task(?:-(\d+))?", name)
+    """Items of level `task-<n>` (`task`: TASK_MAIN) for split rl | val | test; ValueError for another name. Fresh
+    sets (chains in no set of task_splits() nor SFT, rl / val / test apart): `task-<n>b<k>`, n-step chains with >= k
+    big steps (numbers >= 3: misread more often, docs/task.md); draw > 0, a new draw of the split (a new test)."""
+    m = re.fullmatch(r"task(?:-(\d+)(?:b([1-9]))?)?", name)
     if not m or int(m[1] or TASK_MAIN) not in TASK_LEVELS:
-        raise ValueError(f"{name!r}: expected task or task-<n>, n in {TASK_LEVELS}")
-    n, splits = int(m[1] or TASK_MAIN), task_splits()
-    if not draw:
-        return splits[f"{split}-{n}"]
-    used = {it["solution"] for items in splits.values() for it in items}  # the solution text names the chain
-    free = (TASK_VALUES[1] - TASK_VALUES[0] + 1) * (TASK_VALUES[1] - TASK_VALUES[0]) ** n  # hi - lo moves a step
-    free -= sum(sol.count("\n") == n - 1 for sol in used)
-    if free < TASK_HELD[split][0]:
-        raise ValueError(f"{name}: {free} {n}-step chains are in no set and not in SFT, a fresh {split} needs more")
-    rng, items = random.Random(f"{split}-{n}-{draw}"), []
-    while len(items) < TASK_HELD[split][0]:
-        item = task_problem(rng, n)[0]
-        if item["solution"] not in used:
+        raise ValueError(f"{name!r}: expected task, task-<n> or task-<n>b<k>, n in {TASK_LEVELS}")
+    n, big = int(m[1] or TASK_MAIN), int(m[2] or 0)
+    return _fresh(n, big, split, draw) if draw or big else task_splits()[f"{split}-{n}"]
+
+
+@functools.lru_cache(maxsize=16)
+def _fresh(n, big, split, draw):
+    earlier = [it for s in list(TASK_HELD)[:list(TASK_HELD).index(split)] for it in _fresh(n, big, s, draw)]
+    used = {it["solution"] for items in [*task_splits().values(), earlier] for it in items}  # solution: the chain
+    level, size = (f"{n}b{big}" if big else f"{n}"), TASK_HELD[split][0]
+    rng, items = random.Random(f"{split}-{level}-{draw}"), []
+    for _ in range(100 * size):
+        item, chain = task_problem(rng, n)
+        if item["solution"] not in used and sum(x >= 3 for x in chain[2::2]) >= big:
             used.add(item["solution"])
-            items.append(dict(id=f"task-{split}{draw}-{n}-{len(items)}", **item))
-    return items
+            items.append(dict(id=f"task-{split}{draw or ''}-{level}-{len(items)}", **item))
+            if len(items) == size:
+                return items
+    raise ValueError(f"task-{level}: too few {n}-step chains in no set and not in SFT for a fresh {split}")
 
 
 _OPS = {"gets": "+", "finds": "+", "loses": "-", "gives": "-"}

@@ -40,7 +40,7 @@ import sample as S
 @dataclass
 class Config:  # a comment starting with [lo, hi] or {a|b} is the field's domain, checked at start-up (launch.domain)
     model: str = "GSAI-ML/LLaDA-8B-Instruct"  # HF dir / hub id; auto = checkpoints/task-sft, else scratch (random)
-    bench: str = "gsm8k,math500,amc23"   # comma list of gsm8k | math500 | amc23 | aime24 | task | task-<n> (a level)
+    bench: str = "gsm8k,math500,amc23"   # comma list of gsm8k | math500 | amc23 | aime24 | task | task-<n>[b<k>]
     gen_length: int = None               # [1, inf) new tokens; None = 256 (LLaDA protocol), task: data.TASK_SAMPLING
     block_length: int = None             # [1, inf) semi-AR block; None = 32 (LLaDA, d1), task: data.TASK_SAMPLING
     steps: int = None                    # [1, inf) denoising steps; None = gen_length // 2 (d1), task: TASK_SAMPLING

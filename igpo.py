@@ -55,7 +55,7 @@ import sft
 @dataclass
 class Config:  # a comment starting with [lo, hi] or {a|b} is the field's domain, checked at start-up (launch.domain)
     model: str = "GSAI-ML/LLaDA-8B-Instruct"  # initial policy (HF dir or hub id; P starts from the SFT model)
-    data: str = "metamath"             # prompts: metamath (O) | math | gsm8k | x.jsonl | task | task-ext<share>
+    data: str = "metamath"             # prompts: metamath (O) | math | gsm8k | x.jsonl | task | task-<n>[b<k>]
     max_prompts: int = 0               # [0, inf) train on the first N prompts only (0 = all; bench/overfit.py: 16)
     out_dir: str = "runs/igpo"         # metrics.jsonl, config.json, checkpoints
     steps: int = 1000                  # [1, inf) optimizer steps = rollout batches x mu
@@ -541,7 +541,7 @@ def train(cfg):
         files = {"igpo_config.json": asdict(cfg), "trainer_state.json": state}  # atomic; `latest` names it last
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or stop or (last and cfg.save_last == "full"):
             launch.save_checkpoint(policy, tok, os.path.join(cfg.out_dir, f"step-{step + 1}"), files, opt, cfg.keep_last)
-        elif last and cfg.save_last == "model":  # the policy alone, not resumable, not named by `latest`
+        if last and cfg.save_last == "model":  # the policy alone (after step-N too), not named by `latest`
             launch.save_checkpoint(policy, tok, os.path.join(cfg.out_dir, "final"), files)
         if stop:
             log(f"SIGTERM: stopped after step {step + 1}, checkpoint saved; --resume on continues from it")

@@ -4,8 +4,9 @@ sample-matched baseline, and does its gain grow with the share of all-wrong grou
 Every run is one `igpo.py` process (never a copy of the loop) from the same SFT checkpoint; for a given seed every
 arm sees the same prompts in the same order and spends the same optimizer steps; only the arm's flags differ.
 An arm is one line of ARMS (name -> igpo.py flags); the tables, paired differences and plots work for any set.
-A level is a data name of the embedded task, `task-<n>` (data.task_level): RL prompts and test problems of n-step
-chains; SFT saw long chains rarely, so the longer the chain, the more groups of the start are all wrong.
+A level is a data name of the embedded task (data.task_level): `task-<n>`, RL prompts and test problems of n-step
+chains (SFT saw long chains rarely, so the longer the chain, the more groups of the start are all wrong), or
+`task-<n>b<k>`, those with at least k big steps (numbers >= 3, misread more often); --level takes n or nbk.
 The x axis of the dose-response is the all-wrong share of the start on the level's RL prompts (never on test).
 
 Each run trains with igpo.py's task preset (no evaluation during training, the final policy alone saved), then is
@@ -40,6 +41,7 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -75,6 +77,11 @@ REFERENCE = "igpo"  # paired differences: REFERENCE minus every other arm (the f
 
 def level_name(level):
     return f"task-{level}"
+
+
+def level_key(level):
+    """Levels in order: chain length, then big steps ("6" < "6b4" < "7")."""
+    return tuple(int(x) for x in re.findall(r"\d+", str(level)))
 
 
 # ------------------------------------------------------------------------------------------------ the runs
@@ -138,12 +145,9 @@ def run_igpo(out, flags, name):
     r = subprocess.run([sys.executable, "igpo.py", *flags], cwd=ROOT, env=env, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"{name} failed:\n{r.stderr[-3000:]}")
-    if not os.path.exists(os.path.join(out, "final", "config.json")):  # its last step fell on a save: step-N
-        ckpt = launch.latest_checkpoint(out)
-        if json.load(open(os.path.join(ckpt, "trainer_state.json")))["step"] < \
-                json.load(open(os.path.join(ckpt, "igpo_config.json")))["steps"]:
-            raise SystemExit(f"{name}: stopped at {os.path.basename(ckpt)} (SIGTERM); a re-run resumes it from there")
-        os.replace(ckpt, os.path.join(out, "final"))
+    if not os.path.exists(os.path.join(out, "final", "config.json")):  # igpo.py exited 0 before its last step
+        raise SystemExit(f"{name}: stopped at {os.path.basename(launch.latest_checkpoint(out) or 'no checkpoint')} "
+                         "(SIGTERM); a re-run resumes it from there")
 
 
 def read_json(path):
@@ -313,7 +317,7 @@ def level_section(level, runs, start, test_seed):
     differences (REFERENCE minus each arm) on the level test set and on the standard test split."""
     arms = [a for a in ARMS if any(r["arm"] == a for r in runs)] + sorted({r["arm"] for r in runs} - set(ARMS))
     stats = {a: [run_stats(r, test_seed) for r in runs if r["arm"] == a] for a in arms}
-    same = level == data.TASK_MAIN and test_seed == 0  # the level's test set is the standard test: shown once
+    same = str(level) == str(data.TASK_MAIN) and test_seed == 0  # the level's test set is the standard test: shown once
     head = ["arm", "seeds", "level test", "level sound"] + ([] if same else ["standard test", "standard sound"]) + [
         "all-wrong before", "all-wrong after", "rollouts / prompt-rollout", "on-policy acc 1st half", "2nd half",
         "rollout s / batch", "KL", "clip frac"]
@@ -359,7 +363,7 @@ def dose(results, starts, test_seed, key="test"):
     across = [a for a in arms if len({r["level"] for r in results if r["arm"] == a}) > 1]  # one level: no curve
     for a in (a for a in across if a != ref):
         pts = {}
-        for lv in sorted({r["level"] for r in results}, key=float):
+        for lv in sorted({r["level"] for r in results}, key=level_key):
             acc = {(r["arm"], r["seed"]): run_stats(r, test_seed)[key] for r in results if r["level"] == lv}
             d = [acc[ref, s] - acc[a, s] for (arm, s) in acc if arm == ref and (a, s) in acc]
             if d:
@@ -378,7 +382,7 @@ def plot(results, starts, out, test_seed):
     except ImportError:
         print("matplotlib is not installed: no plots (pip install matplotlib)")
         return False
-    for lv in sorted({r["level"] for r in results}, key=float):
+    for lv in sorted({r["level"] for r in results}, key=level_key):
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
         for arm in ARMS:
             runs = [r for r in results if r["arm"] == arm and r["level"] == lv]
@@ -438,14 +442,14 @@ def write(args, res, quiet=False):
     ts = res["test_seed"]
     every = res["results"]
     res = dict(res, results=[r for r in every if f"level@{ts}" in r["tests"]])
-    starts = {int(k): v for k, v in res["starts"].items()}
+    starts = {str(k): v for k, v in res["starts"].items()}
     with open(os.path.join(args.out, "runs.tsv"), "w") as f:
         f.write("level\tarm\tseed\ttest\taccuracy\tn_problems\n")
         for r in [dict(s, arm="start", seed="") for s in starts.values()] + every:
             for key, t in sorted(r["tests"].items()):
                 f.write(f"{level_name(r['level'])}\t{r['arm']}\t{r['seed']}\t{key}\t{t['accuracy']:.4f}\t"
                         f"{t['n_problems']}\n")
-    levels = sorted({r["level"] for r in res["results"]}, key=float)
+    levels = sorted({r["level"] for r in res["results"]}, key=level_key)
     has_plot = plot(res["results"], starts, args.out, ts)
     hist = "; ".join(f"`{h['command']}`" + (f" at {h['commit']}" if "commit" in h else "") +
                      f": {plural(h['runs'], 'run')}, {h['wall_s'] / 60:.1f} min" for h in res["history"])
@@ -491,7 +495,8 @@ def write(args, res, quiet=False):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="checkpoints/task-sft", help="the SFT init shared by every arm")
-    p.add_argument("--level", default=str(data.TASK_MAIN), help="comma list of chain lengths n (data name task-<n>)")
+    p.add_argument("--level", default=str(data.TASK_MAIN),
+                   help="comma list of levels: n or nbk (data name task-<n>, task-<n>b<k>)")
     p.add_argument("--arms", default="grpo,sample_matched,igpo", help=f"comma list of {', '.join(ARMS)}")
     p.add_argument("--seeds", default=None, help="comma list (default 0,1,2,3; --quick: 0)")
     p.add_argument("--test_seed", type=int, default=0, help="0: each level's held-out test set; N > 0: a fresh draw "
@@ -518,23 +523,25 @@ def main():
         p.error(f"--arms: unknown {sorted(unknown)}; known: {', '.join(ARMS)}")
     path = os.path.join(args.out, "claim.json")
     old = json.load(open(path)) if os.path.exists(path) and (args.keep or args.report) else None
+    for r in old["results"] if old else []:  # a level is a name ("6", "6b4"); older claim.json files hold ints
+        r["level"] = str(r["level"])
     if args.report:
         if old is None:
             raise SystemExit(f"--report: no {path}")
         return write(args, old)
     t0 = time.time()
     seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2,3")).split(",")]
-    levels = [int(x) for x in args.level.split(",")]
+    levels = args.level.split(",")
     old = old or dict(results=[], history=[], starts={}, model=args.model, test_seed=args.test_seed)
     if old["model"] != args.model:
         raise SystemExit(f"{path} holds runs from {old['model']}; pass another --out for --model {args.model}")
-    starts = {int(k): v for k, v in old["starts"].items()}
-    for lv in sorted(set(levels) | {r["level"] for r in old["results"]}, key=float):
-        if int(lv) not in starts or lv in levels and not reusable(starts[int(lv)], f"{level_name(lv)} start", args):
-            starts[int(lv)] = start_row(lv, args)
-        elif f"level@{args.test_seed}" not in starts[int(lv)]["tests"]:  # a new test seed: scores added
+    starts = dict(old["starts"])
+    for lv in sorted(set(levels) | {r["level"] for r in old["results"]}, key=level_key):
+        if lv not in starts or lv in levels and not reusable(starts[lv], f"{level_name(lv)} start", args):
+            starts[lv] = start_row(lv, args)
+        elif f"level@{args.test_seed}" not in starts[lv]["tests"]:  # a new test seed: scores added
             out_dir = os.path.join(args.runs, level_name(lv), "start")
-            starts[int(lv)]["tests"].update(score(args.model, lv, args.test_seed, args, out_dir))
+            starts[lv]["tests"].update(score(args.model, lv, args.test_seed, args, out_dir))
     jobs = [(lv, arm, seed) for lv in levels for seed in seeds for arm in args.arms.split(",")]
     done = {}  # the finished runs reused: same flags and (asked for) same code
     for r in old["results"]:

@@ -105,7 +105,7 @@ def table(rows):
 def start_flags(p, levels, prompts):
     """The flags of a measurement at the start (here and experiments/decoding.py): the start, levels, RL prompts, val."""
     p.add_argument("--model", default="checkpoints/task-sft", help="the SFT start")
-    p.add_argument("--levels", default=levels, help="chain lengths n (task-<n>)")
+    p.add_argument("--levels", default=levels, help="n or nbk (levels task-<n>, task-<n>b<k>)")
     p.add_argument("--prompts", type=int, default=prompts, help="RL prompts per level (a multiple of 16), G 8 each")
     p.add_argument("--val", type=int, default=300, help="val problems per level for greedy pass@1 (0: all)")
 

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import sys
 from types import SimpleNamespace
 
@@ -35,10 +36,11 @@ def test_claim_levels_arms_keep_test_seed_and_report(tmp_path, monkeypatch):
     save_tiny_task_model(tmp_path / "ck")
     monkeypatch.setitem(claim.ARMS, "probe", ["--lam", "0.25"])  # a forked ablation: one line in ARMS
     arms = [claim.REFERENCE, "probe"]
-    res = run_claim(monkeypatch, tmp_path, "--level", "5,7", "--arms", ",".join(arms))
-    assert sorted((r["level"], r["arm"]) for r in res["results"]) == sorted((lv, a) for lv in (5, 7) for a in arms)
+    res = run_claim(monkeypatch, tmp_path, "--level", "6b4,5", "--arms", ",".join(arms))  # a level of big steps too
+    got = sorted((r["level"], r["arm"]) for r in res["results"])
+    assert got == sorted((lv, a) for lv in ("5", "6b4") for a in arms)
     md = open(tmp_path / "out" / "claim.md").read()
-    for lv in ("task-5", "task-7"):
+    for lv in ("task-5", "task-6b4"):
         assert f"## Level {lv}" in md and (tmp_path / "out" / f"claim-{lv}.png").exists() == PLOTS
     assert md.count("| probe | 1 | ") == 2 and f"- {claim.REFERENCE} − probe, level test: " in md
     paired = [line for line in md.splitlines() if line.startswith(f"- {claim.REFERENCE} − probe")]
@@ -47,16 +49,17 @@ def test_claim_levels_arms_keep_test_seed_and_report(tmp_path, monkeypatch):
     assert ("![dose-response](dose.png)" in md) == PLOTS  # no broken image links without matplotlib
     assert f"| {claim.REFERENCE} − probe, sound pass@1 | " in md  # the dose-response in both metrics
     assert "nan" not in md and md.count(" (1 seed) |") == 2 * 2  # 2 levels x 2 metrics, 1 seed: no interval
-    for lv, section in zip((5, 7), md.split("## Level task-")[1:]):  # the main level's test is the standard test
-        assert ("| standard test |" in section) == (lv != data.TASK_MAIN), lv  # ... so its columns are not shown twice
+    for lv, section in zip(("5", "6b4"), md.split("## Level task-")[1:]):  # in level order ("5" < "6b4" < "7")
+        assert section.startswith(lv)  # the main level's test is the standard test: its columns are not shown twice
+        assert ("| standard test |" in section) == (lv != str(data.TASK_MAIN)), lv
     tsv = open(tmp_path / "out" / "runs.tsv").read().splitlines()
     assert len(tsv) == 1 + 2 * (2 + 4)  # header; per level: the start and 2 runs, each on 2 test sets
-    run = next(r for r in res["results"] if r["arm"] == "probe" and r["level"] == 7)
-    assert "--lam" in run["flags"] and "task-7" in run["flags"]
+    run = next(r for r in res["results"] if r["arm"] == "probe" and r["level"] == "6b4")
+    assert "--lam" in run["flags"] and "task-6b4" in run["flags"]
     assert all(t["n_problems"] == 20 for t in run["tests"].values())
 
     other = next(a for a in claim.ARMS if a not in arms)
-    more = run_claim(monkeypatch, tmp_path, "--level", "7", "--arms", other, "--keep", "--test_seed", "5")
+    more = run_claim(monkeypatch, tmp_path, "--level", "6b4", "--arms", other, "--keep", "--test_seed", "5")
     assert [h["runs"] for h in more["history"]] == [4, 1]  # only the new arm trained; nothing dropped
     assert len(more["results"]) == 5
     for r in more["results"]:  # every run, old or new, scored on the new test seed; old scores kept
@@ -68,6 +71,18 @@ def test_claim_levels_arms_keep_test_seed_and_report(tmp_path, monkeypatch):
     claim.main()
     assert open(tmp_path / "out" / "claim.md").read() == md  # --report rebuilds the same tables from the JSON
     assert json.load(open(tmp_path / "out" / "claim.json")) == first
+
+
+def test_report_rebuilds_the_committed_claim_tables(tmp_path, monkeypatch):
+    """--report on the committed claim.json (levels stored as ints by older code) gives the committed claim.md and
+    runs.tsv back, image links aside (they need matplotlib)."""
+    committed = os.path.join(ROOT, "experiments", "results", "claim")
+    shutil.copy(os.path.join(committed, "claim.json"), tmp_path / "claim.json")
+    monkeypatch.setattr(sys, "argv", ["claim.py", "--report", "--out", str(tmp_path)])
+    claim.main()
+    text = lambda path: [x for x in open(path).read().splitlines() if not x.startswith("![")]  # noqa: E731
+    assert text(tmp_path / "claim.md") == text(os.path.join(committed, "claim.md"))
+    assert open(tmp_path / "runs.tsv").read() == open(os.path.join(committed, "runs.tsv")).read()
 
 
 def test_claim_refuses_an_unknown_arm(tmp_path, monkeypatch):
@@ -175,7 +190,7 @@ def test_a_rerun_is_bit_for_bit_and_keep_reuses_only_runs_of_the_same_code(tmp_p
 
 def test_a_killed_run_resumes_from_its_checkpoint_exactly_and_only_with_the_same_code(tmp_path, monkeypatch):
     """A run killed after its step-2 checkpoint (of 4 steps) resumes from it on the next attempt and ends with the
-    rows of an unkilled run; its last step fell on a save, so step-4 becomes `final` and no checkpoint is left. A run
+    rows of an unkilled run; its last step fell on a save, and igpo.py still writes `final` (no checkpoint left). A run
     that ended but was not recorded is not run again. A checkpoint of other code, or under a marker torn by a kill, is
     never resumed."""
     import subprocess

@@ -14,6 +14,10 @@ import model
 import reward
 import sft
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
+import errors  # noqa: E402
+import ladder  # noqa: E402
+
 
 def chain(it):
     """The chain of an item, whatever the wording: the start value, then each line's operator and operand."""
@@ -79,7 +83,7 @@ def test_levels_and_names():
     assert data.task_level("task", "rl") == data.task_level(f"task-{data.TASK_MAIN}", "rl")
     items, messages = data.rl_prompts("task-6", 16)
     assert items == data.task_level("task-6", "rl")[:16] and messages is data.task_messages
-    for bad in ("task-3", "task-ext1", "tasks", "task-"):
+    for bad in ("task-3", "task-ext1", "tasks", "task-", "task-6b", "task-6b0", "task-3b4", "task-6b4x"):
         with pytest.raises(ValueError, match="task-<n>"):
             data.task_level(bad, "rl")
 
@@ -104,7 +108,6 @@ RIGHT = "<reasoning>\nfirst: 5+1=6\nsecond: 6-3=3\nthird: 3+2=5\n</reasoning>\n<
 def test_task_sound_on_hand_made_completions(text, sound):
     """data.task_sound reads only the reasoning block (lines written in the answer block do not count)."""
     assert data.task_sound(Q, text) is sound
-    assert data.task_sound(Q, text) is sound
 
 
 @pytest.mark.parametrize("text, kind, box", [
@@ -122,11 +125,24 @@ def test_task_sound_on_hand_made_completions(text, sound):
 def test_errors_names_the_first_failure_of_a_chain(text, kind, box):
     """experiments/errors.py: the first failing line's kind, and what the box holds (the lines' results, those but
     its last digit, other); 'sound' exactly when data.task_sound says so."""
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
-    import errors
     got = errors.first_error(Q, text)
     assert (got[0], got[2]) == (kind, box)
     assert (kind == "sound") == data.task_sound(Q, text)
+
+
+def test_ladder_bins_prompts_by_a_rule_on_their_operands():
+    """experiments/ladder.py: operands read from the question; per bin of a rule, the pass rate, the all-wrong share,
+    the share of all-wrong groups rescued and the sound share of replacements (hand-computed, G 4)."""
+    assert ladder.operands(Q) == [1, 3, 2]
+    recs = [dict(operands=[1, 1, 3], right=0, sound=0, replaced=2, sound_replaced=1),  # third 3: all wrong, rescued
+            dict(operands=[2, 1, 3], right=0, sound=0, replaced=0, sound_replaced=0),  # third 3: all wrong, not
+            dict(operands=[5, 1, 3], right=2, sound=2, replaced=0, sound_replaced=0),  # third 3
+            dict(operands=[1, 2, 1], right=4, sound=4, replaced=0, sound_replaced=0)]  # third 1
+    rows = {line.split(" | ")[0].strip("| "): line for line in ladder.table(recs, "third", 4).splitlines()[2:]}
+    assert rows["3"] == "| 3 | 3 | 0.167 | 0.667 (2) | 0.500 | 0.500 (2) |"
+    assert rows["1"] == "| 1 | 1 | 1.000 | 0.000 (0) | – | – |"
+    big = ladder.table(recs, "big", 4).splitlines()[2:]
+    assert [line.split(" | ")[:2] for line in big] == [["| 0", "1"], ["| 1", "2"], ["| 2", "1"]]
 
 
 def test_reference_solutions_are_sound():
@@ -165,6 +181,25 @@ def test_task_preset_fits_the_sampling_window():
     pairs = sft.tokenize_pairs(longest, tok, cfg, log=lambda *a: None)
     assert len(pairs) == len(longest)  # nothing over max_len: every response (+ EOT) fits the window
     assert max(len(p) for p, _ in pairs) + cfg.resp_len <= data.TASK_MODEL["max_sequence_length"]
+
+
+def test_a_level_of_big_steps_is_held_out_and_follows_its_rule():
+    """task-<n>b<k>: n-step chains with at least k numbers >= 3 (read from the question), fresh sets of the standard
+    sizes, distinct, apart from each other, from every set of task_splits() and from SFT; not guessable either."""
+    s = data.task_splits()
+    taken = {chain(it) for items in s.values() for it in items}
+    sets = {split: data.task_level("task-6b4", split) for split in data.TASK_HELD}
+    for split, items in sets.items():
+        chains = {chain(it) for it in items}
+        assert len(items) == data.TASK_HELD[split][0] == len(chains) and not chains & taken
+        assert all(len(c) == 7 for c in chains)
+        assert all(sum(int(x) >= 3 for x in re.findall(r"(?:gets|finds|loses|gives) (\d)", it["question"])) >= 4
+                   for it in items)
+        assert collections.Counter(it["answer"] for it in items).most_common(1)[0][1] <= 0.02 * len(items)
+    assert not {chain(it) for it in sets["rl"]} & {chain(it) for it in sets["test"]}
+    assert not {chain(it) for it in sets["val"]} & {chain(it) for it in sets["test"] + sets["rl"]}
+    big = [sum(int(x) >= 3 for x in re.findall(r"\d", c[0] + "".join(c[1:]))[1:]) for c in map(chain, s["test-6"])]
+    assert sum(b >= 4 for b in big) < len(big) / 2  # the rule selects: most 6-step chains have fewer big steps
 
 
 def test_a_fresh_draw_is_held_out_too():
