@@ -75,12 +75,12 @@ def test_claim_levels_arms_keep_test_seed_and_report(tmp_path, monkeypatch):
 
 def test_report_rebuilds_the_committed_claim_tables(tmp_path, monkeypatch):
     """--report on the committed claim.json (levels stored as ints by older code) gives the committed claim.md and
-    runs.tsv back, image links aside (they need matplotlib)."""
+    runs.tsv back, image links and blank lines aside (the links need matplotlib)."""
     committed = os.path.join(ROOT, "experiments", "results", "claim")
     shutil.copy(os.path.join(committed, "claim.json"), tmp_path / "claim.json")
     monkeypatch.setattr(sys, "argv", ["claim.py", "--report", "--out", str(tmp_path)])
     claim.main()
-    text = lambda path: [x for x in open(path).read().splitlines() if not x.startswith("![")]  # noqa: E731
+    text = lambda path: [x for x in open(path).read().splitlines() if x and not x.startswith("![")]  # noqa: E731
     assert text(tmp_path / "claim.md") == text(os.path.join(committed, "claim.md"))
     assert open(tmp_path / "runs.tsv").read() == open(os.path.join(committed, "runs.tsv")).read()
 
