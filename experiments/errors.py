@@ -32,13 +32,18 @@ import data  # noqa: E402
 KINDS = ("sound", "read", "carry", "arith", "short", "long")
 
 
+def operations(question):
+    """The question's operations in order, [(op, n)] (data.task_sound reads them the same way)."""
+    return [(data._OPS[verb], int(n)) for verb, n in re.findall(r"(gets|finds|loses|gives) (\d+)", question)]
+
+
 def line_faults(question, text):
     """The faults of each written line matched with an operation, by position ({"read", "carry", "arith"}, empty
     when right; carry compares with the previous line's written result), the number of lines minus the number of
     operations, and the box: "lines" (the lines' results in order), "last digit" (only its last digit differs) or
     "other"."""
     value = int(re.search(r"has (\d+)", question)[1])
-    ops = [(data._OPS[verb], int(n)) for verb, n in re.findall(r"(gets|finds|loses|gives) (\d+)", question)]
+    ops = operations(question)
     lines = [(int(a), op, int(n), int(c)) for a, op, n, c in
              re.findall(r"(\d+)\s*([+-])\s*(\d+)\s*=\s*(\d+)", text.split("</reasoning>")[0])]
     box = re.findall(r"\\boxed\{([^}]*)\}", text)

@@ -3,7 +3,7 @@
 errors.md found that the start's 6-step failures are misread operands (98% on line 3) and that the misread rate grows
 with the operand's size (24-37% when it is 1, 76-95% when 3). So the all-wrong share may be set by the sizes of the
 numbers in the question, a rule on the problem, while the chain length stays where hints still rescue. This samples
-G rollouts per RL prompt from the start exactly as igpo.py's first rollout batches (levels.measure's loop, with the
+G rollouts per RL prompt from the start exactly as igpo.py's first rollout batches (levels.prompt_records, with the
 hinted rescue on), keeps one record per prompt (its operands, right and sound rollouts, rescued or not, sound
 replacements), and tabulates the all-wrong share and the rescued share of each candidate rule's bins. RL split only
 (never val or test): it chooses a rule, it does not score one.
@@ -16,7 +16,6 @@ import argparse
 import collections
 import json
 import os
-import re
 import sys
 import time
 
@@ -24,8 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import levels  # noqa: E402  (puts the repo on sys.path)
-import data  # noqa: E402
-import eval as E  # noqa: E402
+import errors  # noqa: E402
 import igpo  # noqa: E402
 import launch  # noqa: E402
 import model as M  # noqa: E402
@@ -38,27 +36,17 @@ RULES = {"third": ("the third operation's number", lambda ns: ns[2]),
 
 
 def operands(question):
-    return [int(n) for n in re.findall(r"(?:gets|finds|loses|gives) (\d+)", question)]
+    return [n for _, n in errors.operations(question)]
 
 
 def records(m, tok, name, n_prompts, seed):
-    """One dict per RL prompt of the level (seed's data order, igpo.py's first rollout batches, hinted rescue on)."""
-    cfg = launch.parse_config(igpo.Config, igpo.PRESETS, ["--data", name, "--seed", str(seed), "--rescue", "hints"])
-    items, messages = data.rl_prompts(name)
+    """One dict per RL prompt of the level (levels.prompt_records with the hinted rescue), with its operands."""
     out = []
-    for k in range(n_prompts // cfg.prompts_per_step):
-        mine, first = igpo.batch_items(items, k, cfg, 0, 1)
-        b = igpo.roll_out(m, tok, mine, messages, cfg, k, first, torch.device("cpu"))
-        right = (b.correct > 0).view(-1, cfg.G).sum(1).tolist()
-        sound = E.sound_rows(tok, mine, b.comp, cfg.G).view(-1, cfg.G).sum(1).tolist()
-        rows, comp, _, _, _, _ = igpo.rescue(m, tok, mine, b, cfg, first)
-        replaced = collections.Counter((rows // cfg.G).tolist())
-        sound_repl = collections.Counter(int(r) // cfg.G for r, c in zip(rows.tolist(), comp)
-                                         if data.task_sound(mine[r // cfg.G]["question"], tok.decode(c)))
-        for g, it in enumerate(mine):
-            out.append(dict(id=it["id"], operands=operands(it["question"]), right=right[g], sound=sound[g],
-                            replaced=replaced[g], sound_replaced=sound_repl[g]))
-        print(f"{name}: {len(out)} prompts", flush=True)
+    for r in levels.prompt_records(m, tok, name, n_prompts, seed, "hints"):
+        it = r.pop("item")
+        out.append(dict(id=it["id"], operands=operands(it["question"]), **r))
+        if len(out) % 16 == 0:
+            print(f"{name}: {len(out)} prompts", flush=True)
     return out
 
 

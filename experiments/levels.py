@@ -30,27 +30,39 @@ import launch  # noqa: E402
 import model as M  # noqa: E402
 
 
-def measure(m, tok, name, n_prompts, seed, rescue, extra=()):
-    """Over the first n_prompts of the level's seeded data order (igpo.py's first rollout batches under the task
-    preset + extra igpo.py flags): counts of rollouts (right, sound, right and sound, wrong), all-wrong groups,
-    rescued groups, and [sound, verified] of the rollouts chosen as replacements."""
+def prompt_records(m, tok, name, n_prompts, seed, rescue, extra=()):
+    """One record per prompt over the first n_prompts of the level's seeded data order (igpo.py's first rollout
+    batches under the task preset + extra igpo.py flags): the item, how many of its G rollouts are right, sound, and
+    right and sound, how many the rescue replaced and how many of those replacements are sound."""
     cfg = launch.parse_config(igpo.Config, igpo.PRESETS, ["--data", name, "--seed", str(seed), "--rescue", rescue,
                                                           *extra])
     items, messages = data.rl_prompts(name)
-    out = collections.Counter()
-    out["sound_replaced"] = [0, 0]
     for k in range(n_prompts // cfg.prompts_per_step):
         mine, first = igpo.batch_items(items, k, cfg, 0, 1)
         b = igpo.roll_out(m, tok, mine, messages, cfg, k, first, torch.device("cpu"))
-        for right, sound in zip((b.correct > 0).tolist(), E.sound_rows(tok, mine, b.comp, cfg.G).tolist()):
-            out.update(rollouts=1, right=right, sound=sound, right_sound=right and sound)
-        out["all_wrong"] += int(igpo.all_wrong(b.correct, cfg.G).sum())
+        right, sound = (b.correct > 0).view(-1, cfg.G), E.sound_rows(tok, mine, b.comp, cfg.G).view(-1, cfg.G)
+        replaced, sound_replaced = collections.Counter(), collections.Counter()
         if rescue != "off":
-            rows, comp, _, correct, _, _ = igpo.rescue(m, tok, mine, b, cfg, first)
-            out["rescued"] += len(set((rows // cfg.G).tolist()))
+            rows, comp, *_ = igpo.rescue(m, tok, mine, b, cfg, first)
             for r, c in zip(rows.tolist(), comp):
-                out["sound_replaced"][0] += data.task_sound(mine[r // cfg.G]["question"], tok.decode(c))
-                out["sound_replaced"][1] += 1
+                replaced[r // cfg.G] += 1
+                sound_replaced[r // cfg.G] += data.task_sound(mine[r // cfg.G]["question"], tok.decode(c))
+        for g, it in enumerate(mine):
+            yield dict(item=it, G=cfg.G, right=int(right[g].sum()), sound=int(sound[g].sum()),
+                       right_sound=int((right[g] & sound[g]).sum()), replaced=replaced[g],
+                       sound_replaced=sound_replaced[g])
+
+
+def measure(m, tok, name, n_prompts, seed, rescue, extra=()):
+    """prompt_records() summed: counts of rollouts (right, sound, right and sound), all-wrong groups, rescued groups
+    (with a rescue), and [sound, all] of the rollouts chosen as replacements."""
+    out = collections.Counter()
+    out["sound_replaced"] = [0, 0]
+    for r in prompt_records(m, tok, name, n_prompts, seed, rescue, extra):
+        out.update(rollouts=r["G"], right=r["right"], sound=r["sound"], right_sound=r["right_sound"],
+                   all_wrong=int(r["right"] == 0), **({"rescued": int(r["replaced"] > 0)} if rescue != "off" else {}))
+        out["sound_replaced"][0] += r["sound_replaced"]
+        out["sound_replaced"][1] += r["replaced"]
     return dict(out)
 
 

@@ -17,6 +17,7 @@ import sft
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
 import errors  # noqa: E402
 import ladder  # noqa: E402
+import levels  # noqa: E402
 
 
 def chain(it):
@@ -143,6 +144,29 @@ def test_ladder_bins_prompts_by_a_rule_on_their_operands():
     assert rows["1"] == "| 1 | 1 | 1.000 | 0.000 (0) | – | – |"
     big = ladder.table(recs, "big", 4).splitlines()[2:]
     assert [line.split(" | ")[:2] for line in big] == [["| 0", "1"], ["| 1", "2"], ["| 2", "1"]]
+
+
+def test_prompt_records_on_the_start_and_their_sums(monkeypatch):
+    """experiments/levels.py on the committed start (task-6b4, one rollout batch of 16 RL prompts, hinted rescue):
+    one record per prompt; counts bounded by G; the rescue touches only all-wrong groups, at most floor(lam G) rows
+    each; levels.measure without a rescue sees the same on-policy rollouts; ladder.records adds the operands."""
+    m, tok = model.load(os.path.join(levels.ROOT, "checkpoints", "task-sft"))
+    recs = list(levels.prompt_records(m, tok, "task-6b4", 16, 0, "hints"))
+    rl = {it["id"]: it for it in data.task_level("task-6b4", "rl")}
+    assert len({r["item"]["id"] for r in recs}) == 16 and all(r["item"]["id"] in rl for r in recs)
+    for r in recs:
+        assert 0 <= r["right_sound"] <= min(r["right"], r["sound"]) and max(r["right"], r["sound"]) <= r["G"] == 8
+        assert r["replaced"] <= 4 and r["sound_replaced"] <= r["replaced"] and (r["replaced"] == 0 or r["right"] == 0)
+    assert any(r["replaced"] for r in recs), "no group rescued: the rescue path is not exercised"
+    off = levels.measure(m, tok, "task-6b4", 16, 0, "off")
+    assert off == dict(rollouts=128, right=sum(r["right"] for r in recs), sound=sum(r["sound"] for r in recs),
+                       right_sound=sum(r["right_sound"] for r in recs), sound_replaced=[0, 0],
+                       all_wrong=sum(r["right"] == 0 for r in recs))
+    monkeypatch.setattr(levels, "prompt_records", lambda *a: iter([dict(recs[0])]))
+    got = ladder.records(m, tok, "task-6b4", 16, 0)
+    assert got == [dict(id=recs[0]["item"]["id"], operands=ladder.operands(recs[0]["item"]["question"]),
+                        **{k: v for k, v in recs[0].items() if k != "item"})]
+    assert sum(n >= 3 for n in got[0]["operands"]) >= 4 and len(got[0]["operands"]) == 6  # the level's rule
 
 
 def test_reference_solutions_are_sound():
