@@ -548,7 +548,7 @@ def train(cfg):
             break
     q = max(1, len(accs) // 4)
     log(f"on-policy accuracy (T = {cfg.temperature}): first quarter {sum(accs[:q]) / q:.3f}, last {sum(accs[-q:]) / q:.3f}")
-    if start is not None and cfg.eval_limit:
+    if start is not None and res is not None:  # not after a SIGTERM stop (no final eval)
         log(f"test: start {E.fmt_acc(start)} -> after {cfg.steps} steps {E.fmt_acc(res)}")
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -16,6 +16,7 @@ import data  # noqa: E402
 
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import claim  # noqa: E402
+import kl_spikes  # noqa: E402
 import paired_eval  # noqa: E402
 
 PLOTS = importlib.util.find_spec("matplotlib") is not None  # plots are experiment-only: CI has no matplotlib
@@ -352,3 +353,18 @@ def test_each_decoding_setting_samples_rollouts_and_val_alike():
         assert rl == (val["steps"], val["threshold"], val["gen_length"], val["block_length"]), name
         assert rl[:2] == want[name], name
         assert isinstance(forwards, str) or forwards == cfg.diffusion_steps, name
+
+
+def test_kl_spikes_finds_each_step_over_the_threshold_and_the_batches_around_it():
+    """experiments/kl_spikes.py on a hand-made run (mu 2: a rollout batch every other step), hand-computed."""
+    kl = [0.01, 0.02, 500.0, 3.0, 0.01, 0.01, 0.01]
+    rows = [dict(step=k + 1, kl=x, grad_norm=1e5 if x > 100 else 0.3) for k, x in enumerate(kl)]
+    for r, acc in zip(rows[::2], (0.5, 0.4, 0.2, 0.6)):
+        r["acc"] = acc
+    run = dict(level="6", arm="grpo", seed=0, tests={"level@0": {"accuracy": 0.5}}, rows=rows)
+    assert kl_spikes.spikes(run, 100) == [(3, 500.0, 1e5, 3.0, 0.4, 0.2, 0.6)]
+    assert kl_spikes.spikes(run, 1)[1] == (4, 3.0, 0.3, 0.01, 0.4, 0.2, 0.6)  # an update step: its batch is step 3's
+    assert kl_spikes.spikes(dict(run, rows=rows[:3]), 100) == [(3, 500.0, 1e5, None, 0.4, None, None)]
+    lines = kl_spikes.tables([run], 100).splitlines()
+    assert lines[2] == "| grpo | 1 | 1 | 2.0 | 0.010 |"
+    assert lines[6] == "| 6 | grpo | 0 | 3 | 500 | 6.2 | 1e+05 | 3.000 | 0.400, 0.200, 0.600 | 0.500 |"

@@ -131,6 +131,16 @@ def test_igpo_sigterm_finishes_the_batch_saves_exits_0_and_resumes_exactly(task_
     assert _rows(out) == _rows(ref)
 
 
+def test_igpo_sigterm_with_a_start_eval_and_no_final_one_still_exits_0(task_ckpt, tmp_path):
+    """The task preset evaluates the start; a stop before the last step has no final score to print beside it (the
+    closing summary once raised there, after the checkpoint, and the run exited 1)."""
+    out = str(tmp_path / "term-eval")
+    assert _igpo(task_ckpt, out, 1, "--eval_limit", "4", at=3, sig=signal.SIGTERM) == 0, \
+        failure_log(open(out + ".log").read())
+    log = open(out + ".log").read()
+    assert "step 0: test pass@1" in log and "SIGTERM: stopped after step" in log and "Traceback" not in log
+
+
 # --------------------------------------------------------------------------------- SIGKILL, SIGTERM: sft.py
 
 def _sft(out, world, *extra, **fault):
