@@ -32,11 +32,14 @@ def spikes(run, threshold):
     return out
 
 
+def f(x):
+    return "–" if x is None else f"{x:.3f}"
+
+
 def tables(results, threshold):
     by_arm = collections.defaultdict(list)
     for run in results:
         by_arm[run["arm"]].append(run)
-    f = lambda x: "–" if x is None else f"{x:.3f}"  # noqa: E731
     lines = [f"| arm | runs | runs with a step of mean KL > {threshold:g} | steps with mean KL > 1 (per run) | "
              "median step KL (median over runs) |", "|---|---|---|---|---|"]
     for arm, runs in by_arm.items():
