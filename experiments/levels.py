@@ -33,7 +33,8 @@ import model as M  # noqa: E402
 def prompt_records(m, tok, name, n_prompts, seed, rescue, extra=()):
     """One record per prompt over the first n_prompts of the level's seeded data order (igpo.py's first rollout
     batches under the task preset + extra igpo.py flags): the item, how many of its G rollouts are right, sound, and
-    right and sound, how many the rescue replaced and how many of those replacements are sound."""
+    right and sound, whether the group is all wrong (igpo.all_wrong: the groups IGPO acts on), how many the rescue
+    replaced and how many of those replacements are sound."""
     cfg = launch.parse_config(igpo.Config, igpo.PRESETS, ["--data", name, "--seed", str(seed), "--rescue", rescue,
                                                           *extra])
     items, messages = data.rl_prompts(name)
@@ -41,6 +42,7 @@ def prompt_records(m, tok, name, n_prompts, seed, rescue, extra=()):
         mine, first = igpo.batch_items(items, k, cfg, 0, 1)
         b = igpo.roll_out(m, tok, mine, messages, cfg, k, first, torch.device("cpu"))
         right, sound = (b.correct > 0).view(-1, cfg.G), E.sound_rows(tok, mine, b.comp, cfg.G).view(-1, cfg.G)
+        wrong = igpo.all_wrong(b.correct, cfg.G)
         replaced, sound_replaced = collections.Counter(), collections.Counter()
         if rescue != "off":
             rows, comp, *_ = igpo.rescue(m, tok, mine, b, cfg, first)
@@ -49,7 +51,7 @@ def prompt_records(m, tok, name, n_prompts, seed, rescue, extra=()):
                 sound_replaced[r // cfg.G] += data.task_sound(mine[r // cfg.G]["question"], tok.decode(c))
         for g, it in enumerate(mine):
             yield dict(item=it, G=cfg.G, right=int(right[g].sum()), sound=int(sound[g].sum()),
-                       right_sound=int((right[g] & sound[g]).sum()), replaced=replaced[g],
+                       right_sound=int((right[g] & sound[g]).sum()), all_wrong=bool(wrong[g]), replaced=replaced[g],
                        sound_replaced=sound_replaced[g])
 
 
@@ -60,7 +62,7 @@ def measure(m, tok, name, n_prompts, seed, rescue, extra=()):
     out["sound_replaced"] = [0, 0]
     for r in prompt_records(m, tok, name, n_prompts, seed, rescue, extra):
         out.update(rollouts=r["G"], right=r["right"], sound=r["sound"], right_sound=r["right_sound"],
-                   all_wrong=int(r["right"] == 0), **({"rescued": int(r["replaced"] > 0)} if rescue != "off" else {}))
+                   all_wrong=int(r["all_wrong"]), **({"rescued": int(r["replaced"] > 0)} if rescue != "off" else {}))
         out["sound_replaced"][0] += r["sound_replaced"]
         out["sound_replaced"][1] += r["replaced"]
     return dict(out)

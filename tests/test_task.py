@@ -148,15 +148,17 @@ def test_ladder_bins_prompts_by_a_rule_on_their_operands():
 
 def test_prompt_records_on_the_start_and_their_sums(monkeypatch):
     """experiments/levels.py on the committed start (task-6b4, one rollout batch of 16 RL prompts, hinted rescue):
-    one record per prompt; counts bounded by G; the rescue touches only all-wrong groups, at most floor(lam G) rows
-    each; levels.measure without a rescue sees the same on-policy rollouts; ladder.records adds the operands."""
+    one record per prompt; counts bounded by G; all-wrong means no right rollout; the rescue touches only all-wrong
+    groups, at most floor(lam G) rows each; levels.measure without a rescue sees the same on-policy rollouts;
+    ladder.records adds the operands."""
     m, tok = model.load(os.path.join(levels.ROOT, "checkpoints", "task-sft"))
     recs = list(levels.prompt_records(m, tok, "task-6b4", 16, 0, "hints"))
     rl = {it["id"]: it for it in data.task_level("task-6b4", "rl")}
     assert len({r["item"]["id"] for r in recs}) == 16 and all(r["item"]["id"] in rl for r in recs)
     for r in recs:
         assert 0 <= r["right_sound"] <= min(r["right"], r["sound"]) and max(r["right"], r["sound"]) <= r["G"] == 8
-        assert r["replaced"] <= 4 and r["sound_replaced"] <= r["replaced"] and (r["replaced"] == 0 or r["right"] == 0)
+        assert r["all_wrong"] == (r["right"] == 0)  # igpo.all_wrong: no correctness reward, so no right rollout
+        assert r["replaced"] <= 4 and r["sound_replaced"] <= r["replaced"] and (r["replaced"] == 0 or r["all_wrong"])
     assert any(r["replaced"] for r in recs), "no group rescued: the rescue path is not exercised"
     off = levels.measure(m, tok, "task-6b4", 16, 0, "off")
     assert off == dict(rollouts=128, right=sum(r["right"] for r in recs), sound=sum(r["sound"] for r in recs),
