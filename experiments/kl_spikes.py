@@ -32,7 +32,8 @@ def spikes(run, threshold):
     return out
 
 
-def f(x):
+def cell(x):
+    """A table cell: x to 3 decimals, a dash for None."""
     return "–" if x is None else f"{x:.3f}"
 
 
@@ -51,8 +52,8 @@ def tables(results, threshold):
     for run in results:
         for step, kl, gn, nxt, *acc in spikes(run, threshold):
             lines.append(f"| {run['level']} | {run['arm']} | {run['seed']} | {step} | {kl:.0f} | {math.log(kl):.1f} | "
-                         f"{gn:.3g} | {f(nxt) if nxt is None or nxt < 10 else f'{nxt:.0f}'} | "
-                         f"{', '.join(f(a) for a in acc)} | {run['tests']['level@0']['accuracy']:.3f} |")
+                         f"{gn:.3g} | {cell(nxt) if nxt is None or nxt < 10 else f'{nxt:.0f}'} | "
+                         f"{', '.join(cell(a) for a in acc)} | {run['tests']['level@0']['accuracy']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
