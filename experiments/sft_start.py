@@ -55,6 +55,12 @@ RECIPES = {  # name: (why, SFT weights of chain lengths 1..7, sft.py flags); doc
     # a fourth stage from the committed start, to tell more SFT (same lines) from a new line format (design results)
     "stage4-even6": ("a fourth stage, the start's mix: do right-but-unsound slips fall with more SFT?",
                      (1, 1, 1, 1, 1, 1, .5), STAGE4),
+    # a fifth stage from the committed start: can 7-step chains become the >= 60% rung with hints rescuing a third?
+    # (at the start 7 steps are 92% all wrong, 12% rescued: its 7-digit box is not a copy of its lines)
+    "stage5-even7": ("a fifth stage with 7-step chains as often as the rest: does the 7-digit box become a copy?",
+                     (1, 1, 1, 1, 1, 1, 1), warm_stage(sft.TASK_STAGES[3])),
+    "stage5-even7-500": ("the same fifth stage for 500 steps only: move the edge less",
+                         (1, 1, 1, 1, 1, 1, 1), [*warm_stage(sft.TASK_STAGES[3])[:-4], "--steps", "500", "--lr", "5e-4"]),
     "stage4-results": ("the same fourth stage, lines that write only the result ('third: 4'): no copied operand",
                        (1, 1, 1, 1, 1, 1, .5), STAGE4, "results"),
 }
