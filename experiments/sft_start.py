@@ -30,12 +30,12 @@ import sft  # noqa: E402
 OUT = os.path.join(ROOT, "experiments", "results", "sft_start")
 
 
-def warm_stage(prev):
-    """sft.py flags of a 1,500-step stage at lr 5e-4 from prev's weights (a fresh AdamW); the recipe sets the mix."""
-    return ["--preset", "task-2", "--model", prev, "--steps", "1500", "--lr", "5e-4"]
+def warm_stage(prev, steps=1500):
+    """sft.py flags of a `steps`-step stage at lr 5e-4 from prev's weights (a fresh AdamW); the recipe sets the mix."""
+    return ["--preset", "task-2", "--model", prev, "--steps", str(steps), "--lr", "5e-4"]
 
 
-STAGE3, STAGE4 = warm_stage(sft.TASK_STAGES[1]), warm_stage(sft.TASK_STAGES[2])
+STAGE3, STAGE4, STAGE5 = (warm_stage(sft.TASK_STAGES[k]) for k in (1, 2, 3))
 RECIPES = {  # name: (why, SFT weights of chain lengths 1..7, sft.py flags); docs/task.md says what each gave
     "rare-long-1.5k": ("lengths 1-5 alike, 6 and 7 rarely (0.2, 0.1): a step kind SFT saw rarely", (1, 1, 1, 1, 1, .2, .1),
                        ["--steps", "1500"]),
@@ -58,9 +58,9 @@ RECIPES = {  # name: (why, SFT weights of chain lengths 1..7, sft.py flags); doc
     # a fifth stage from the committed start: can 7-step chains become the >= 60% rung with hints rescuing a third?
     # (at the start 7 steps are 92% all wrong, 12% rescued: its 7-digit box is not a copy of its lines)
     "stage5-even7": ("a fifth stage with 7-step chains as often as the rest: does the 7-digit box become a copy?",
-                     (1, 1, 1, 1, 1, 1, 1), warm_stage(sft.TASK_STAGES[3])),
+                     (1, 1, 1, 1, 1, 1, 1), STAGE5),
     "stage5-even7-500": ("the same fifth stage for 500 steps only: move the edge less",
-                         (1, 1, 1, 1, 1, 1, 1), [*warm_stage(sft.TASK_STAGES[3])[:-4], "--steps", "500", "--lr", "5e-4"]),
+                         (1, 1, 1, 1, 1, 1, 1), warm_stage(sft.TASK_STAGES[3], steps=500)),
     "stage4-results": ("the same fourth stage, lines that write only the result ('third: 4'): no copied operand",
                        (1, 1, 1, 1, 1, 1, .5), STAGE4, "results"),
 }
