@@ -68,6 +68,8 @@ ARMS = {  # name -> igpo.py flags on top of the task preset; adding an arm is on
     "igpo_withhold_step": ["--withhold", "step"],    # hints never show the last reasoning line (its result = answer)
     "igpo_prefix_cache": ["--fast_cache", "prefix"],  # rollouts with Fast-dLLM's prefix KV cache
     "igpo_dual_cache": ["--fast_cache", "dual"],     # rollouts with the dual (prefix + suffix) KV cache
+    "grpo_dual_cache": ["--rescue", "off", "--fast_cache", "dual"],  # GRPO, dual-cache rollouts
+    "sample_matched_dual_cache": ["--rescue", "resample", "--fast_cache", "dual"],  # sample-matched, the same
 }
 QUICK_TEST = 20  # --quick scores the first QUICK_TEST problems of each test set
 QUICK_FLAGS = ["--steps", "2", "--prompts_per_step", "4"]  # --quick: 1 rollout batch of 4 prompts, 2 steps
