@@ -16,6 +16,7 @@ import data  # noqa: E402
 
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import claim  # noqa: E402
+import arm_vs_arm  # noqa: E402
 import kl_spikes  # noqa: E402
 import paired_eval  # noqa: E402
 
@@ -368,3 +369,28 @@ def test_kl_spikes_finds_each_step_over_the_threshold_and_the_batches_around_it(
     lines = kl_spikes.tables([run], 100).splitlines()
     assert lines[2] == "| grpo | 1 | 1 | 2.0 | 0.010 |"
     assert lines[6] == "| 6 | grpo | 0 | 3 | 500 | 6.2 | 1e+05 | 3.000 | 0.400, 0.200, 0.600 | 0.500 |"
+
+
+def test_arm_vs_arm_pairs_two_arms_by_the_seeds_both_have():
+    """experiments/arm_vs_arm.py on hand-made runs: A − B over the shared seeds, hand-computed (differences 0.1, 0.0,
+    0.2: mean 0.1, sample std 0.1, t(2) 4.303, half-width 4.303 * 0.1 / sqrt 3 = 0.2484); a seed only A has is not
+    paired, nor another level's run."""
+    def run(arm, seed, acc, level="6b4", t=10.0):
+        tests = {"level@0": {"accuracy": acc, "sound_accuracy": acc - 0.1},
+                 "task": {"accuracy": 0.5, "sound_accuracy": 0.4}}
+        rows = [dict(step=1, acc=0.3, all_wrong_before=0.2, all_wrong_after=0.1, spent=1.0, t_rollout=t, t_inpaint=1.0,
+                     kl=0.01, clip_frac=0.0)]
+        return dict(level=level, arm=arm, seed=seed, tests=tests, rows=rows)
+    results = [run("b", 0, 0.5), run("b", 1, 0.6), run("b", 2, 0.4), run("a", 0, 0.6, t=4.0), run("a", 1, 0.6, t=4.0),
+               run("a", 2, 0.6, t=4.0), run("a", 3, 0.9), run("b", 3, 0.0, level="6")]
+    rows, speed = arm_vs_arm.compare(results, 0, "6b4", "a", "b")
+    (label, (m, lo, hi), up, down, seeds), (_, sound, *_), (_, std, *_) = rows
+    assert (label, up, down, seeds) == ("level test pass@1", 2, 0, [0, 1, 2])
+    assert m == pytest.approx(0.1)
+    assert (lo, hi) == (pytest.approx(0.1 - 0.2484, abs=1e-4), pytest.approx(0.1 + 0.2484, abs=1e-4))
+    assert sound == pytest.approx((0.1, lo, hi))  # sound = accuracy - 0.1 in both arms: the same differences
+    assert std == (0.0, 0.0, 0.0)
+    assert speed == {"a": 5.0, "b": 11.0}  # sampling plus rescue seconds
+    assert arm_vs_arm.compare(results, 0, "6b4", "a", "b", seeds={0, 1})[0][0][4] == [0, 1]
+    with pytest.raises(SystemExit, match="has both"):
+        arm_vs_arm.compare(results, 0, "6", "a", "b")
