@@ -21,7 +21,8 @@ METRICS = (("test", "level test pass@1"), ("sound", "level sound pass@1"), ("std
 
 
 def compare(results, test_seed, level, a, b, seeds=None):
-    """[(metric label, (mean, lo, hi), higher, lower, seeds)] and {arm: mean rollout s / batch} for A − B."""
+    """[(metric label, (mean, lo, hi), higher, lower, seeds, claim.md's text)] and {arm: mean rollout s / batch} for
+    A − B."""
     stats = {(r["arm"], r["seed"]): claim.run_stats(r, test_seed) for r in results if r["level"] == str(level)}
     both = sorted(s for (arm, s) in stats if arm == a and (b, s) in stats and (seeds is None or s in seeds))
     if not both:
@@ -29,7 +30,8 @@ def compare(results, test_seed, level, a, b, seeds=None):
     rows = []
     for key, label in METRICS:
         d = [stats[a, s][key] - stats[b, s][key] for s in both]
-        rows.append((label, claim.paired_interval(d), sum(x > 0 for x in d), sum(x < 0 for x in d), both))
+        rows.append((label, claim.paired_interval(d), sum(x > 0 for x in d), sum(x < 0 for x in d), both,
+                     claim.diff_text(d)))
     speed = {arm: statistics.mean(stats[arm, s]["rollout_s"] for s in both) for arm in (a, b)}
     return rows, speed
 
@@ -45,9 +47,9 @@ def main():
     d = json.load(open(args.claim))
     seeds = {int(s) for s in args.seeds.split(",")} if args.seeds else None
     rows, speed = compare(d["results"], d["test_seed"], args.level, args.a, args.b, seeds)
-    for label, (m, lo, hi), up, down, both in rows:
-        print(f"task-{args.level} {args.a} − {args.b}, {label}: {m:+.3f} (95% CI {lo:+.3f} to {hi:+.3f}; "
-              f"{up} / {down} of {len(both)} seeds {','.join(map(str, both))})")
+    print(f"task-{args.level}, seeds {','.join(map(str, rows[0][4]))}:")
+    for label, *_, text in rows:
+        print(f"  {args.a} − {args.b}, {label}: {text}")
     for arm, s in speed.items():
         print(f"  {arm}: rollout s / batch {s:.1f} (mean over those seeds)")
 

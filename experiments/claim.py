@@ -310,6 +310,13 @@ def paired_interval(d):
     return statistics.mean(d), statistics.mean(d) - half, statistics.mean(d) + half
 
 
+def diff_text(d):
+    """Paired differences d as claim.md writes them: mean (95% CI lo to hi; seeds higher / lower of n seeds)."""
+    m, lo, hi = paired_interval(d)
+    ci = f"95% CI {lo:+.3f} to {hi:+.3f}" if len(d) > 1 else "no interval from 1 seed"
+    return f"{m:+.3f} ({ci}; {sum(x > 0 for x in d)} / {sum(x < 0 for x in d)} of {len(d)} seeds)"
+
+
 def reference_of(arms):
     return REFERENCE if REFERENCE in arms else arms[0]
 
@@ -350,10 +357,7 @@ def level_section(level, runs, start, test_seed):
                           ("std_sound", "standard test, sound"))[:2 if same else 4]:
             d = [acc[ref, s][key] - acc[a, s][key] for s in both]
             if d:
-                m, lo, hi = paired_interval(d)
-                ci = f"95% CI {lo:+.3f} to {hi:+.3f}" if len(d) > 1 else "no interval from 1 seed"
-                lines.append(f"- {ref} − {a}, {name}: {m:+.3f} ({ci}; "
-                             f"{sum(x > 0 for x in d)} / {sum(x < 0 for x in d)} of {len(d)} seeds)")
+                lines.append(f"- {ref} − {a}, {name}: {diff_text(d)}")
     return "\n".join(lines)
 
 

@@ -384,13 +384,16 @@ def test_arm_vs_arm_pairs_two_arms_by_the_seeds_both_have():
     results = [run("b", 0, 0.5), run("b", 1, 0.6), run("b", 2, 0.4), run("a", 0, 0.6, t=4.0), run("a", 1, 0.6, t=4.0),
                run("a", 2, 0.6, t=4.0), run("a", 3, 0.9), run("b", 3, 0.0, level="6")]
     rows, speed = arm_vs_arm.compare(results, 0, "6b4", "a", "b")
-    (label, (m, lo, hi), up, down, seeds), (_, sound, *_), (_, std, *_) = rows
+    (label, (m, lo, hi), up, down, seeds, text), (_, sound, *_), (_, std, *_) = rows
     assert (label, up, down, seeds) == ("level test pass@1", 2, 0, [0, 1, 2])
     assert m == pytest.approx(0.1)
     assert (lo, hi) == (pytest.approx(0.1 - 0.2484, abs=1e-4), pytest.approx(0.1 + 0.2484, abs=1e-4))
     assert sound == pytest.approx((0.1, lo, hi))  # sound = accuracy - 0.1 in both arms: the same differences
     assert std == (0.0, 0.0, 0.0)
     assert speed == {"a": 5.0, "b": 11.0}  # sampling plus rescue seconds
+    assert text == "+0.100 (95% CI -0.148 to +0.348; 2 / 0 of 3 seeds)"  # claim.md's wording
     assert arm_vs_arm.compare(results, 0, "6b4", "a", "b", seeds={0, 1})[0][0][4] == [0, 1]
+    one = arm_vs_arm.compare(results, 0, "6b4", "a", "b", seeds={0})[0][0][5]
+    assert one == "+0.100 (no interval from 1 seed; 1 / 0 of 1 seeds)"
     with pytest.raises(SystemExit, match="has both"):
         arm_vs_arm.compare(results, 0, "6", "a", "b")
